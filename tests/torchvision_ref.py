@@ -1,0 +1,73 @@
+"""Import torchvision as an independent reference, on a CPU-only torch.
+
+The torchvision wheel on PyPI is built for CUDA torch; beside the CPU torch its
+compiled library (`torchvision._C`) does not load, and importing torchvision
+fails because its meta registrations expect `torchvision::nms` to exist
+(DESIGN.md §6). We define the two NMS operator schemas and give `nms` a plain
+torch implementation (textbook greedy NMS, ties broken by a stable sort as the
+compiled kernel's `sort(descending)` does on distinct scores), and let
+`torchvision.ops.boxes` call it. RoIAlign then uses torchvision's pure-Python
+fallback, which equals the compiled kernels except for sample points beyond the
+feature map's border (kernels: zero, fallback: clamp) — tests compare with it
+only away from that border and use our numpy port of the kernel elsewhere.
+
+`load()` returns the torchvision module, or None where torch or torchvision is
+not installed (tests then skip).
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def _greedy_nms(dets, scores, iou_threshold: float):
+    import torch
+
+    if dets.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64)
+    x1, y1, x2, y2 = dets.unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    suppressed = torch.zeros(dets.shape[0], dtype=torch.bool)
+    keep = []
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        w = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+        h = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+        inter = w * h
+        iou = inter / (areas[i] + areas - inter)
+        suppressed |= iou > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+@functools.cache
+def load():
+    """torchvision, importable on a CPU torch; None where it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    try:
+        import torchvision  # noqa: F401  (a build whose kernels load needs no shim)
+
+        return torchvision
+    except ImportError:
+        return None
+    except RuntimeError:
+        pass
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("torchvision")]:
+        del sys.modules[name]
+    lib = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.impl("nms", _greedy_nms, "CPU")
+    load._lib = lib  # keep the registration alive
+    import torchvision
+    import torchvision.ops.boxes
+
+    torchvision.ops.boxes._assert_has_ops = lambda: None
+    return torchvision
