@@ -1,0 +1,416 @@
+"""Configuration: frozen, typed dataclasses, recipes, and `--set` overrides.
+
+The defaults are Mask R-CNN R50-FPN with the paper's / Detectron2's 1x COCO
+schedule (He et al. 2017, "Mask R-CNN"; Detectron2 MODEL_ZOO.md,
+mask_rcnn_R_50_FPN_1x) with torchvision's numerics (DESIGN.md §6), so that a
+checkpoint imported from torchvision runs on the default model config.
+
+A recipe (recipes/NAME.py) is a short diff against these defaults: a module
+with a docstring (the command that runs it and the result it reaches) and a
+function `config(base: Config) -> Config`, usually `return override(base, {...})`.
+
+Overrides are flat `section.field` keys with typed values; `--set` on the
+command line goes through the same function, so a recipe and a user's
+override are checked alike: an unknown key or a wrong type is a UserError
+naming the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mrcli.errors import UserError
+
+
+def _ceil_to(x: int, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Name of a dataset prepared by `mrcli prepare` in the data directory
+    # (--data-dir / $MRCLI_DATA); e.g. "coco", "shapes", or a custom name.
+    dataset: str = "coco"
+    # Split to train on and split to evaluate on.
+    train_split: str = "train"
+    eval_split: str = "val"
+    # Short side of the resized image at test time (torchvision/Detectron2: 800).
+    image_size: int = 800
+    # Long side limit after resizing (torchvision/Detectron2: 1333).
+    max_size: int = 1333
+    # Short sides drawn uniformly per training image (multi-scale training);
+    # empty = (image_size,). Detectron2's 3x schedules use (640, 672, ..., 800).
+    train_scales: tuple[int, ...] = ()
+    # Padded input shapes (H, W), each a compiled program; an image goes to the
+    # smallest bucket that holds it. Empty = landscape and portrait buckets
+    # derived from image_size / max_size rounded up to size_divisor.
+    buckets: tuple[tuple[int, int], ...] = ()
+    # Padded sizes are multiples of this (the FPN's coarsest stride, 32).
+    size_divisor: int = 32
+    # Ground truth per image is padded (or truncated, with a warning) to this.
+    max_instances: int = 100
+    # Probability of a horizontal flip in training (0 disables).
+    hflip_prob: float = 0.5
+    # Input-pipeline worker processes (0 = in the main process).
+    num_workers: int = 4
+
+    def resolved_buckets(self) -> tuple[tuple[int, int], ...]:
+        """The buckets, derived from the image sizes where not given."""
+        if self.buckets:
+            return self.buckets
+        short = _ceil_to(self.image_size, self.size_divisor)
+        long = _ceil_to(self.max_size, self.size_divisor)
+        return ((short, long), (long, short)) if short != long else ((short, long),)
+
+    def resolved_train_scales(self) -> tuple[int, ...]:
+        return self.train_scales or (self.image_size,)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Number of foreground classes K; class 0 is background, so the box
+    # classifier has K + 1 outputs (COCO: 80).
+    num_classes: int = 80
+    # ResNet depth with bottleneck blocks: 50 (3,4,6,3) or 101 (3,4,23,3)
+    # (He et al. 2016); 14 (1,1,1,1) and 26 (2,2,2,2) are small variants for CPU.
+    depth: Literal[14, 26, 50, 101] = 50
+    # Channels of the stem and of res2's bottleneck (64 in ResNet); stages
+    # double it. Smaller values make the narrow CPU backbones.
+    width: int = 64
+    # Stages up to and including this one are frozen: 0 none, 1 stem, 2 stem +
+    # res2 (Detectron2's FREEZE_AT=2 and torchvision's trainable_layers=3).
+    freeze_at: int = 2
+    # FPN channels (Lin et al. 2017: 256).
+    fpn_channels: int = 256
+    # One anchor size per level P2..P6 (FPN paper §4.1: 32..512).
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    # Anchor aspect ratios h/w at every level.
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # RPN: top-k per level before NMS, and best k over all levels after, per
+    # image (torchvision: 2000/2000 train, 1000/1000 test).
+    rpn_pre_nms_topk_train: int = 2000
+    rpn_pre_nms_topk_test: int = 1000
+    rpn_post_nms_topk_train: int = 2000
+    rpn_post_nms_topk_test: int = 1000
+    rpn_nms_threshold: float = 0.7
+    # Proposals with a side shorter than this (pixels) get score -inf.
+    rpn_min_size: float = 1e-3
+    # RPN matching and sampling (Faster R-CNN §3.1.2).
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    # RoI head matching and sampling (Fast R-CNN: 512 RoIs, 25% foreground).
+    roi_fg_iou: float = 0.5
+    roi_bg_iou: float = 0.5
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    # Foreground slots per image the mask head runs on in training (static shape).
+    mask_fg_slots: int = 128
+    # RoIAlign output sides for the box and mask heads, and its sampling ratio.
+    box_pool_size: int = 7
+    mask_pool_size: int = 14
+    roi_sampling_ratio: int = 2
+    # RoIAlign half-pixel shift: True for own training (Detectron2), False to
+    # match torchvision weights.
+    aligned: bool = False
+    # Box head width (two fc layers) and box-coder weights (Fast R-CNN).
+    box_head_dim: int = 1024
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # Smooth-L1 beta of the box losses (torchvision: 1/9; Detectron2: 0, i.e. L1).
+    smooth_l1_beta: float = 1.0 / 9.0
+    # Mask branch on/off (off = box-only Faster R-CNN), and its head.
+    masks: bool = True
+    mask_head: Literal["conv", "unet"] = "conv"
+    # Mask head width and number of 3x3 convs before the deconv (paper: 256, 4).
+    mask_head_dim: int = 256
+    mask_head_convs: int = 4
+    # Inference: score threshold, per-class NMS, detections per image.
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    # Pixel profile: input channel order and normalisation, in 0..255 units.
+    # torchvision: RGB, ImageNet mean/std; Detectron2: BGR, mean only.
+    pixel_order: Literal["rgb", "bgr"] = "rgb"
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # Dtype of convs and matmuls; parameters, box arithmetic, losses and NMS
+    # stay float32. bfloat16 on GPU/TPU, float32 on CPU.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Images per step over all devices and hosts.
+    global_batch: int = 16
+    # Learning rate at `lr_reference_batch`; scaled linearly with global_batch
+    # (Goyal et al. 2017). Detectron2: 0.02 at 16.
+    base_lr: float = 0.02
+    lr_reference_batch: int = 16
+    momentum: float = 0.9
+    # Not applied to norms and biases.
+    weight_decay: float = 1e-4
+    # Linear warm-up from warmup_factor * lr over warmup_steps (Detectron2: 1000, 0.001).
+    warmup_steps: int = 1000
+    warmup_factor: float = 0.001
+    # The LR is multiplied by decay_factor at each of these steps (1x: 60k, 80k).
+    decay_steps: tuple[int, ...] = (60_000, 80_000)
+    decay_factor: float = 0.1
+    # Total optimiser steps (1x = 90k at batch 16, about 12 COCO epochs).
+    steps: int = 90_000
+    # Clip gradients to this global norm; 0 disables.
+    grad_clip_norm: float = 0.0
+    checkpoint_every: int = 5000
+    # Keep this many recent checkpoints (plus the best by mask AP).
+    keep_checkpoints: int = 3
+    # Evaluate on data.eval_split every this many steps; 0 disables.
+    eval_every: int = 10_000
+    # Write a metrics line every this many steps.
+    log_every: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # Images per inference batch (global; the last batch is padded).
+    batch_size: int = 8
+    # Evaluate at most this many images of the split; 0 = all.
+    max_images: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# --- typed values -----------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return "a list of " + ", ".join(_type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting JSON-ish forms
+    (lists -> tuples, int -> float). Raises UserError naming `key`."""
+
+    def bad() -> UserError:
+        return UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        options = typing.get_args(tp)
+        for option in options:
+            if value == option and type(value) is type(option):
+                return option
+        raise bad()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise bad()
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _parse_text(text: str, tp: Any) -> Any:
+    """A command-line value as the annotation expects it: JSON where it parses
+    (numbers, true/false, [lists]), a bare word as a string, and a bare
+    comma-separated list for tuples (e.g. 640,672,704)."""
+    text = text.strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+        lowered = text.lower()
+        if tp is bool and lowered in ("yes", "no", "on", "off"):
+            value = lowered in ("yes", "on")
+        elif typing.get_origin(tp) is tuple and "," in text:
+            parts = [p for p in text.strip("()").split(",") if p.strip()]
+            value = [_parse_text(p, typing.get_args(tp)[0]) for p in parts]
+    if typing.get_origin(tp) is tuple and not isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            value = [value]  # a single element is a one-element list
+    return value
+
+
+def _section_fields(section: str) -> dict[str, dataclasses.Field]:
+    cls = typing.get_type_hints(Config)[section]
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _field_type(section: str, name: str) -> Any:
+    cls = typing.get_type_hints(Config)[section]
+    return typing.get_type_hints(cls)[name]
+
+
+def _check_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise UserError(
+            f"unknown config key {key!r}: keys are section.field with section one of "
+            f"{', '.join(SECTIONS)} (see `mrcli recipes show NAME` for all keys)"
+        )
+    fields = _section_fields(section)
+    if name not in fields:
+        raise UserError(
+            f"unknown config key {key!r}: {section} has no field {name!r}; "
+            f"its fields are {', '.join(fields)}"
+        )
+    return section, name
+
+
+def override(cfg: Config, updates: dict[str, Any]) -> Config:
+    """`cfg` with flat `section.field` keys replaced by typed values.
+
+    Values are checked against the field's annotation (lists become tuples)."""
+    by_section: dict[str, dict[str, Any]] = {}
+    for key, value in updates.items():
+        section, name = _check_key(key)
+        by_section.setdefault(section, {})[name] = _coerce(
+            value, _field_type(section, name), key
+        )
+    return dataclasses.replace(
+        cfg,
+        **{s: dataclasses.replace(getattr(cfg, s), **u) for s, u in by_section.items()},
+    )
+
+
+def parse_sets(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["model.depth=101", "train.decay_steps=210000,250000"]` -> typed updates."""
+    updates: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq:
+            raise UserError(
+                f"--set {pair!r}: expected key=value, e.g. --set train.global_batch=32"
+            )
+        key = key.strip()
+        section, name = _check_key(key)
+        updates[key] = _parse_text(text, _field_type(section, name))
+    return updates
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The config as JSON-able nested dicts (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(data: dict[str, dict[str, Any]]) -> Config:
+    """Inverse of `to_dict`, type-checked; keys missing from `data` keep defaults."""
+    flat = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise UserError(f"config section {section!r} must be a mapping")
+        for name, value in values.items():
+            flat[f"{section}.{name}"] = value
+    return override(Config(), flat)
+
+
+def diff(cfg: Config, base: Config | None = None) -> dict[str, Any]:
+    """Flat `section.field` keys whose values differ from `base` (the defaults)."""
+    base = base or Config()
+    a, b = to_dict(cfg), to_dict(base)
+    return {
+        f"{s}.{k}": v for s in a for k, v in a[s].items() if v != b[s][k]
+    }
+
+
+# --- recipes ----------------------------------------------------------------------
+
+
+def recipes_dir() -> Path:
+    """Where the recipes are: inside the installed package (wheel), or at the
+    top of the repository (editable install / source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "recipes", here.parent / "recipes"):
+        if candidate.is_dir() and any(candidate.glob("*.py")):
+            return candidate
+    raise FileNotFoundError(
+        f"no recipes found in {here / 'recipes'} or {here.parent / 'recipes'}; reinstall mrcli"
+    )
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    doc: str  # the module docstring: what it is, the command, the result
+    config: Config
+
+    @property
+    def summary(self) -> str:
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+def _load_module(name: str) -> types.ModuleType:
+    path = recipes_dir() / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"mrcli_recipes.{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_recipe(name: str) -> Recipe:
+    """The recipe `name` applied to the defaults. Unknown names are a UserError
+    that lists the known ones."""
+    names = recipe_names()
+    if name not in names:
+        raise UserError(f"unknown recipe {name!r}; known recipes: {', '.join(names)}")
+    module = _load_module(name)
+    cfg = module.config(Config())
+    if not isinstance(cfg, Config):
+        raise TypeError(f"recipes/{name}.py: config() must return a Config")
+    return Recipe(name=name, doc=module.__doc__ or "", config=cfg)
+
+
+def resolve(recipe: str | None, sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config a command runs with: a recipe (or the defaults), then --set overrides."""
+    cfg = load_recipe(recipe).config if recipe else Config()
+    return override(cfg, parse_sets(sets))
