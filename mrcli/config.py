@@ -61,6 +61,10 @@ class DataConfig:
     hflip_prob: float = 0.5
     # Input-pipeline worker processes (0 = in the main process).
     num_workers: int = 4
+    # Side of the gt mask targets the pipeline gives: each instance mask cropped
+    # to its gt box and resampled to this square (TPU Mask R-CNN gt_mask_size:
+    # 112); the model crops its 28x28 RoI targets from these.
+    mask_crop_size: int = 112
 
     def resolved_buckets(self) -> tuple[tuple[int, int], ...]:
         """The buckets, derived from the image sizes where not given."""
