@@ -1,0 +1,295 @@
+"""RoIAlign (Mask R-CNN, He et al. 2017, §3) and its FPN multilevel form.
+
+Dimension key (mrcli/ops/__init__.py): R rois, H/W feature height/width,
+C channels, L pyramid levels. One image per call, channels last (NHWC without
+the N); `jax.vmap` for a batch. Boxes are xyxy in absolute pixels of the model
+input; `spatial_scale` maps them onto the feature map (1/4 for P2, ...).
+
+Semantics: torchvision.ops.roi_align as its compiled C++/CUDA kernels compute
+it (csrc/ops/cpu/roi_align_kernel.cpp, the `sampling_ratio > 0` branch):
+
+- `aligned`: the box is shifted by -0.5 after scaling (pixel centres at
+  integer + 0.5, Detectron2's ROIAlignV2); when not aligned the box's width and
+  height are clamped to >= 1 (the legacy Mask R-CNN behaviour).
+- each of the out x out bins averages sampling_ratio x sampling_ratio points
+  on a regular grid, y = y1 + ph * bin_h + (iy + 0.5) * bin_h / sampling_ratio
+  (likewise x);
+- a sample with y < -1 or y > H (or x < -1 or x > W) contributes ZERO (it
+  still counts in the average's denominator); otherwise y is clamped to >= 0,
+  y_low = floor(y), and at y_low >= H - 1 both neighbours are row H - 1
+  (likewise x); the value is the bilinear mix of the 4 neighbours.
+
+torchvision's pure-Python fallback (used when its compiled library can't
+load, e.g. on a CPU-only torch) clamps samples beyond [-1, H] x [-1, W] onto
+the border instead of zeroing them; tests/test_roi_align.py shows exactly
+where. The adaptive `sampling_ratio <= 0` (ceil(roi_size / out) points per
+bin) is data-dependent, so it is refused: a static shape needs a static
+sample count. Mask R-CNN's box and mask heads use 2 (torchvision
+`MultiScaleRoIAlign(..., sampling_ratio=2)`, Detectron2 POOLER_SAMPLING_RATIO).
+
+No gradient flows into `boxes` (as in torchvision and Detectron2, whose
+backward only returns d/dfeatures); the features get the exact transpose.
+
+Algorithm and why (benchmarks/roi_align.py, 2-core x86 CPU, R=512 boxes,
+C=256, P2..P5 of 200x336 .. 25x42, float32, after compilation):
+
+The sample grid is separable: the y coordinates depend only on (ph, iy), the
+x coordinates only on (pw, ix), and so do the bilinear weights and the
+border rule (zero if y OR x is outside, i.e. a product of a y and an x
+validity). So per box we build, for each axis, the 2 * out * s neighbour
+indices (low/high for each sample) and their weights (with the 1/s of the
+average and the validity folded in), form the flat index of every
+(y-neighbour, x-neighbour) pair of the same bin, gather [R, out, out, 2s, 2s,
+C] and reduce it with the outer-product weights. XLA fuses the gather into
+the weighted reduction, so the [R, out, out, 2s, 2s, C] block is never
+materialised. Measured alternatives (same gathers, other reductions; and
+dense interpolation matrices):
+
+  (timings: benchmarks/roi_align.py; filled in below once measured)
+
+The dense form (each box a product of two interpolation matrices with the
+whole map) needs R * out * H * W * C multiply-adds, ~62 GFLOP per call on P2,
+and a [R, out, W, C] intermediate (1.2 GB); it only pays for tiny maps.
+
+Multilevel: every box reads only its own FPN level. The levels are flattened
+into one [sum H_l W_l, C] buffer and each box gathers with its level's
+offset, height, width and scale, so the gather work is that of ONE RoIAlign
+(pooling every box on every level and selecting costs L times the gathers).
+This is the layout of the TPU Mask R-CNN's multilevel crop-and-resize.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+__all__ = ["assign_levels", "multilevel_roi_align", "roi_align"]
+
+# FPN paper (Lin et al. 2017) eq. 1: k = floor(k0 + log2(sqrt(wh) / 224)),
+# k0 = 4; torchvision's LevelMapper adds eps = 1e-6 before the floor so that
+# a box of exactly 224 / 2^n pixels lands on its level despite rounding.
+CANONICAL_SCALE = 224
+CANONICAL_LEVEL = 4
+LEVEL_EPS = 1e-6
+
+
+def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(output_size, int):
+        size = (output_size, output_size)
+    else:
+        size = tuple(int(s) for s in output_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
+    return size
+
+
+def _check_sampling_ratio(sampling_ratio) -> int:
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
+        raise TypeError(
+            f"sampling_ratio must be a static Python int (the number of samples per bin side), "
+            f"got {type(sampling_ratio).__name__}"
+        )
+    if sampling_ratio <= 0:
+        raise ValueError(
+            f"sampling_ratio={sampling_ratio}: the adaptive sampling of torchvision "
+            "(sampling_ratio <= 0, ceil(roi_size / output_size) points per bin) depends on the "
+            "box sizes, which a static-shape program can't do; pass a fixed positive ratio "
+            "(Mask R-CNN uses 2)"
+        )
+    return int(sampling_ratio)
+
+
+def _axis_taps(
+    start: Array,  # [R] float32, first box edge on the feature map (after scale/offset)
+    bin_size: Array,  # [R] float32, bin side in feature pixels
+    size: Array,  # [R] int32, feature map extent along this axis
+    out: int,
+    ratio: int,
+) -> tuple[Array, Array]:
+    """Neighbour indices and weights of one axis: ([R, out, 2*ratio] int32, same f32).
+
+    For each bin p and sample i the two neighbours (low, high) are interleaved
+    as taps 2*i and 2*i + 1; the weights include the sample's validity (the
+    kernel's border rule) and the 1/ratio of the bin average.
+    """
+    p = jnp.arange(out, dtype=jnp.float32)[None, :, None]
+    i = jnp.arange(ratio, dtype=jnp.float32)[None, None, :]
+    start = start[:, None, None]
+    bin_size = bin_size[:, None, None]
+    size = size[:, None, None]
+    # The kernel's order of operations: y1 + ph * bin + ((iy + .5) * bin) / s.
+    c = start + p * bin_size + (i + 0.5) * bin_size / ratio  # [R, out, ratio]
+    valid = (c >= -1.0) & (c <= size.astype(jnp.float32))  # False for NaN too
+    # Samples in [-1, 0) read pixel 0; invalid ones get weight 0 and a safe
+    # index (so no NaN/overflow reaches the gather or the weights).
+    c = jnp.where(valid, jnp.maximum(c, 0.0), 0.0)
+    low = jnp.floor(c).astype(jnp.int32)
+    at_edge = low >= size - 1
+    low = jnp.where(at_edge, size - 1, low)
+    high = jnp.where(at_edge, size - 1, low + 1)
+    frac = jnp.where(at_edge, 0.0, c - low.astype(jnp.float32))
+    keep = jnp.where(valid, 1.0 / ratio, 0.0)
+    r = c.shape[0]
+    idx = jnp.stack([low, high], axis=-1).reshape(r, out, 2 * ratio)
+    w = jnp.stack([(1.0 - frac) * keep, frac * keep], axis=-1).reshape(r, out, 2 * ratio)
+    return idx, w
+
+
+def _pool(
+    flat: Array,  # [P, C] any dtype: the feature pixels of one or more maps, row-major
+    boxes: Array,  # [R, 4] float xyxy, in the pixels that `scale` maps onto the map
+    offset: Array,  # [R] int32, index in `flat` of each box's map's pixel (0, 0)
+    height: Array,  # [R] int32, each box's map height
+    width: Array,  # [R] int32, each box's map width
+    scale: Array,  # [R] float32, each box's spatial scale
+    output_size: tuple[int, int],
+    ratio: int,
+    aligned: bool,
+    out_dtype,
+) -> Array:  # [R, oh, ow, C] out_dtype
+    """The one RoIAlign implementation: every public op calls this."""
+    oh, ow = output_size
+    boxes = jax.lax.stop_gradient(boxes).astype(jnp.float32)
+    scale = jnp.asarray(scale, jnp.float32)
+    shift = 0.5 if aligned else 0.0
+    x1 = boxes[:, 0] * scale - shift
+    y1 = boxes[:, 1] * scale - shift
+    x2 = boxes[:, 2] * scale - shift
+    y2 = boxes[:, 3] * scale - shift
+    roi_w = x2 - x1
+    roi_h = y2 - y1
+    if not aligned:  # legacy: force malformed boxes to be at least 1x1
+        roi_w = jnp.maximum(roi_w, 1.0)
+        roi_h = jnp.maximum(roi_h, 1.0)
+    yi, wy = _axis_taps(y1, roi_h / oh, height, oh, ratio)  # [R, oh, 2s]
+    xi, wx = _axis_taps(x1, roi_w / ow, width, ow, ratio)  # [R, ow, 2s]
+    r = boxes.shape[0]
+    t = 2 * ratio
+    index = (
+        offset[:, None, None, None, None]
+        + yi.reshape(r, oh, 1, t, 1) * width[:, None, None, None, None]
+        + xi.reshape(r, 1, ow, 1, t)
+    )  # [R, oh, ow, 2s, 2s]
+    weight = wy.reshape(r, oh, 1, t, 1) * wx.reshape(r, 1, ow, 1, t)  # [R, oh, ow, 2s, 2s]
+    # Gather in the features' own dtype (half the bytes for bfloat16), weigh
+    # and accumulate in float32; XLA fuses the gather into this reduction.
+    values = jnp.take(flat, index, axis=0, mode="clip").astype(jnp.float32)
+    pooled = jnp.sum(values * weight[..., None], axis=(3, 4))
+    return pooled.astype(out_dtype)
+
+
+def roi_align(
+    features: Array,  # [H, W, C] any float dtype (bfloat16 ok): one image's feature map
+    boxes: Array,  # [R, 4] float xyxy, input-image pixels
+    output_size: int | tuple[int, int],
+    spatial_scale: float | Array = 1.0,
+    sampling_ratio: int = 2,
+    aligned: bool = False,
+) -> Array:  # [R, out_h, out_w, C] features.dtype
+    """RoIAlign of `boxes` on one feature map, = torchvision.ops.roi_align (NHWC).
+
+    `output_size` (int or (h, w)), `sampling_ratio` (> 0) and `aligned` are
+    static; `spatial_scale` may be traced. Weights are computed in float32
+    whatever the features' dtype; the result has the features' dtype.
+    """
+    size = _pair(output_size)
+    ratio = _check_sampling_ratio(sampling_ratio)
+    h, w, c = features.shape
+    r = boxes.shape[0]
+    return _pool(
+        features.reshape(h * w, c),
+        boxes,
+        jnp.zeros((r,), jnp.int32),
+        jnp.full((r,), h, jnp.int32),
+        jnp.full((r,), w, jnp.int32),
+        jnp.broadcast_to(jnp.asarray(spatial_scale, jnp.float32), (r,)),
+        size,
+        ratio,
+        bool(aligned),
+        features.dtype,
+    )
+
+
+def assign_levels(
+    boxes: Array,  # [R, 4] float xyxy, input-image pixels
+    canonical_scale: float = CANONICAL_SCALE,
+    canonical_level: int = CANONICAL_LEVEL,
+    min_level: int = 2,
+    max_level: int = 5,
+) -> Array:  # [R] int32 in [min_level, max_level]
+    """FPN level of each box, = torchvision's LevelMapper (poolers.py).
+
+    level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6),
+    clipped to [min_level, max_level], area = (x2 - x1) * (y2 - y1) (no +1),
+    in float32 with torchvision's order of operations. A zero-area box goes
+    to min_level; a box with negative area (sqrt gives NaN) also goes to
+    min_level (torchvision's cast of NaN to int64 makes it drop such a box,
+    returning zeros for it).
+    """
+    boxes = boxes.astype(jnp.float32)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    s = jnp.sqrt(area)
+    k = jnp.floor(canonical_level + jnp.log2(s / canonical_scale) + jnp.float32(LEVEL_EPS))
+    k = jnp.where(jnp.isnan(k), min_level, k)
+    return jnp.clip(k, min_level, max_level).astype(jnp.int32)
+
+
+def multilevel_roi_align(
+    features: Sequence[Array],  # L x [H_l, W_l, C], levels min_level..max_level (P2..P5)
+    boxes: Array,  # [R, 4] float xyxy, input-image pixels
+    output_size: int | tuple[int, int],
+    sampling_ratio: int = 2,
+    aligned: bool = False,
+    canonical_scale: float = CANONICAL_SCALE,
+    canonical_level: int = CANONICAL_LEVEL,
+    min_level: int = 2,
+    max_level: int = 5,
+) -> Array:  # [R, out_h, out_w, C] features[0].dtype
+    """Each box pooled from its FPN level, = torchvision's MultiScaleRoIAlign.
+
+    Level l has spatial scale 2**-l (torchvision infers the same power of two
+    from the feature and image sizes). The level of a box is `assign_levels`.
+    The levels are concatenated into one buffer and each box gathers from its
+    own level only (one RoIAlign's worth of gathers, not L).
+    """
+    size = _pair(output_size)
+    ratio = _check_sampling_ratio(sampling_ratio)
+    n_levels = max_level - min_level + 1
+    if len(features) != n_levels:
+        raise ValueError(
+            f"multilevel_roi_align: got {len(features)} feature maps for levels "
+            f"{min_level}..{max_level} ({n_levels} expected)"
+        )
+    channels = {f.shape[-1] for f in features}
+    if len(channels) != 1 or any(f.ndim != 3 for f in features):
+        raise ValueError(
+            "multilevel_roi_align: every level must be [H_l, W_l, C] with the same C, got "
+            f"{[tuple(f.shape) for f in features]}"
+        )
+    (c,) = channels
+    heights = np.array([f.shape[0] for f in features], np.int32)
+    widths = np.array([f.shape[1] for f in features], np.int32)
+    offsets = np.concatenate([[0], np.cumsum(heights.astype(np.int64) * widths)[:-1]])
+    if offsets[-1] + heights[-1] * widths[-1] >= 2**31:
+        raise ValueError("multilevel_roi_align: the levels hold more than 2**31 pixels")
+    scales = np.array([2.0**-lvl for lvl in range(min_level, max_level + 1)], np.float32)
+    dtype = features[0].dtype
+    flat = jnp.concatenate([f.reshape(-1, c).astype(dtype) for f in features], axis=0)
+    k = assign_levels(boxes, canonical_scale, canonical_level, min_level, max_level) - min_level
+    return _pool(
+        flat,
+        boxes,
+        jnp.asarray(offsets.astype(np.int32))[k],
+        jnp.asarray(heights)[k],
+        jnp.asarray(widths)[k],
+        jnp.asarray(scales)[k],
+        size,
+        ratio,
+        bool(aligned),
+        dtype,
+    )
