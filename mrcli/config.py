@@ -92,12 +92,22 @@ class ModelConfig:
     # Stages up to and including this one are frozen: 0 none, 1 stem, 2 stem +
     # res2 (Detectron2's FREEZE_AT=2 and torchvision's trainable_layers=3).
     freeze_at: int = 2
+    # Backbone norm layers: frozen BatchNorm constants (ImageNet-pretrained
+    # backbones, as torchvision and Detectron2) or GroupNorm with 32 groups (Wu &
+    # He 2018), which trains from scratch at small batches where frozen BN can't.
+    norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
+    # Put a bottleneck's stride on its first 1x1 conv (the original MSRA ResNet,
+    # used by Detectron2's model-zoo checkpoints) instead of the 3x3 (torchvision).
+    stride_in_1x1: bool = False
     # FPN channels (Lin et al. 2017: 256).
     fpn_channels: int = 256
     # One anchor size per level P2..P6 (FPN paper §4.1: 32..512).
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     # Anchor aspect ratios h/w at every level.
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # torchvision's anchor grid (cell anchors rounded to integers, strides
+    # image_size // grid_size) or Detectron2's (exact cell anchors, nominal strides).
+    torchvision_anchors: bool = True
     # RPN: top-k per level before NMS, and best k over all levels after, per
     # image (torchvision: 2000/2000 train, 1000/1000 test).
     rpn_pre_nms_topk_train: int = 2000
@@ -141,6 +151,11 @@ class ModelConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
+    # (RoI, class) candidates above score_threshold, best first, that enter the
+    # per-class NMS (static shape). torchvision keeps all of them; the result is
+    # the same whenever detections_per_image survive NMS among these (greedy NMS
+    # decides each box from higher-scored ones only).
+    detection_pre_nms_topk: int = 5000
     # Pixel profile: input channel order and normalisation, in 0..255 units.
     # torchvision: RGB, ImageNet mean/std; Detectron2: BGR, mean only.
     pixel_order: Literal["rgb", "bgr"] = "rgb"

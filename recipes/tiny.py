@@ -8,7 +8,8 @@ Expected: mask AP >= 0.5 (COCO AP@[.5:.95]) on the shapes val split in under
 quickstart; not yet measured: training lands with `mrcli train`). 128 px
 images, a ResNet-14 (one bottleneck block per stage) 16 channels wide, 64-channel
 FPN, anchors 8..128 px, and a few RoIs per image. Trained from scratch, so
-nothing is frozen and RoIAlign uses the half-pixel `aligned` form.
+nothing is frozen, the backbone uses GroupNorm and RoIAlign uses the
+half-pixel `aligned` form.
 """
 
 from mrcli.config import Config, override
@@ -27,6 +28,9 @@ def config(base: Config) -> Config:
             "model.depth": 14,
             "model.width": 16,
             "model.freeze_at": 0,
+            # Trained from scratch at 8 images a step: GroupNorm (Wu & He 2018),
+            # since frozen BatchNorm constants can't learn.
+            "model.norm": "group_norm",
             "model.fpn_channels": 64,
             "model.anchor_sizes": (8, 16, 32, 64, 128),
             "model.rpn_pre_nms_topk_train": 512,
