@@ -256,13 +256,17 @@ def test_jit_and_vmap_over_a_batch():
     np.testing.assert_allclose(np.asarray(dec), a, rtol=1e-5, atol=1e-3)
     clipped = jax.jit(jax.vmap(boxes.clip))(a, jnp.array([50.0, 60.0]), jnp.array([70.0, 80.0]))
     assert clipped.shape == (2, N, 4) and float(clipped[1, :, 3].max()) <= 60.0
+    areas = np.asarray(jax.jit(jax.vmap(boxes.area))(a))
+    np.testing.assert_allclose(areas[1], (a[1, :, 2] - a[1, :, 0]) * (a[1, :, 3] - a[1, :, 1]), rtol=1e-6)
+    cover = np.asarray(jax.jit(jax.vmap(boxes.ioa))(a, b))
+    np.testing.assert_allclose(cover[1], ref_ioa(a[1], b[1]), rtol=1e-5, atol=1e-6)
 
 
 coords = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 box_arrays = hnp.arrays(np.float32, (N, 4), elements=coords)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(box_arrays, box_arrays)
 def test_iou_properties(a, b):
     """Any finite input, sorted or not, zero-area or not: finite, in [0, 1], symmetric."""

@@ -212,7 +212,7 @@ def test_vmap_over_a_batch():
         check((idx[i], ok[i]), ref_batched(b[i], s[i], c[i], 0.6))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, database=None)
 @given(
     st.integers(0, 2**32 - 1),
     st.sampled_from([0.0, 0.3, 0.5, 0.7]),
