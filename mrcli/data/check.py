@@ -1,0 +1,517 @@
+"""Reading and checking COCO-format datasets (DESIGN.md §8: bad data is
+reported, not silently trained on).
+
+`check_coco(annotations_json, images_dir)` reads one split, inspects every
+image file (in a thread pool: PIL decodes and hashlib hash without the GIL),
+checks every category, image and annotation, and returns the examples ready
+to store with a `CheckReport` of every problem found. Each problem names the
+file (the JSON file or the image file), the image and annotation ids, what is
+wrong, and its kind; the kinds are in `KINDS`.
+
+Fatal kinds make `mrcli prepare` refuse (`--on-error fail`, the default) or
+skip the bad item (`--on-error skip`): an annotation-level problem skips the
+annotation, an image-level problem skips the image with its annotations.
+Fixable kinds are fixed and reported (EXIF rotation applied, converted to RGB,
+a box computed from the mask). Notes are kept as they are and reported.
+
+Boxes may overhang the image by up to `BOX_TOLERANCE` pixels (COCO's own
+annotations do, by float rounding); they are clipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mrcli.data import images as imagelib
+from mrcli.data import masks as masklib
+from mrcli.data.store import Example
+from mrcli.errors import UserError
+
+BOX_TOLERANCE = 1.0
+
+FATAL, FIXED, NOTE = "fatal", "fixed", "note"
+
+
+@dataclass(frozen=True)
+class Kind:
+    code: str
+    severity: str  # FATAL, FIXED or NOTE
+    title: str
+    # What `--on-error skip` does (fatal kinds) or what was done (fixed, note).
+    action: str
+
+
+KINDS: dict[str, Kind] = {
+    k.code: k
+    for k in [
+        Kind("malformed_category", FATAL, "category without an integer id or a name", "category skipped"),
+        Kind("duplicate_category_id", FATAL, "duplicate category id", "later duplicates skipped"),
+        Kind("malformed_image", FATAL, "image entry without an integer id or a file_name", "image skipped"),
+        Kind("duplicate_image_id", FATAL, "duplicate image id", "every image with that id skipped, with its annotations"),
+        Kind("missing_image_file", FATAL, "image file missing", "image skipped"),
+        Kind("unreadable_image", FATAL, "image file unreadable", "image skipped"),
+        Kind("truncated_image", FATAL, "image file truncated or corrupt", "image skipped"),
+        Kind("image_size_mismatch", FATAL, "width/height in the JSON disagree with the file", "image skipped"),
+        Kind("malformed_annotation", FATAL, "annotation without integer id, image_id or category_id", "annotation skipped"),
+        Kind("duplicate_annotation_id", FATAL, "duplicate annotation id", "later duplicates skipped"),
+        Kind("missing_image_ref", FATAL, "annotation of an image id not in the images", "annotation skipped"),
+        Kind("unknown_category", FATAL, "annotation of an unknown category id", "annotation skipped"),
+        Kind("box_invalid", FATAL, "bbox is not 4 finite numbers", "annotation skipped"),
+        Kind("box_zero_area", FATAL, "box of zero area", "annotation skipped"),
+        Kind("box_outside_image", FATAL, "box outside the image", "annotation skipped"),
+        Kind("segmentation_missing", FATAL, "no segmentation", "annotation skipped"),
+        Kind("polygon_too_few_points", FATAL, "polygon with fewer than 3 points", "annotation skipped"),
+        Kind("rle_size_mismatch", FATAL, "RLE size disagrees with the image", "annotation skipped"),
+        Kind("rle_invalid", FATAL, "RLE counts malformed", "annotation skipped"),
+        Kind("exif_rotated", FIXED, "EXIF-rotated image", "rotation applied (the annotations refer to the displayed image)"),
+        Kind("converted_to_rgb", FIXED, "grayscale/palette/CMYK/16-bit/alpha image", "converted to 8-bit RGB"),
+        Kind("box_from_mask", FIXED, "annotation without bbox", "box computed from the mask"),
+        Kind("polygon_self_intersecting", NOTE, "self-intersecting polygon", "kept as pycocotools rasterises it"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    file: str  # the file the problem is in (JSON or image file)
+    message: str  # what is wrong, with the ids
+    image_id: int | None = None
+    ann_id: int | None = None
+
+    @property
+    def severity(self) -> str:
+        return KINDS[self.kind].severity
+
+    def __str__(self) -> str:
+        where = []
+        if self.ann_id is not None:
+            where.append(f"annotation {self.ann_id}")
+        if self.image_id is not None:
+            where.append(f"image {self.image_id}")
+        loc = f" ({', '.join(where)})" if where else ""
+        return f"{self.file}{loc}: {self.message} [{self.kind}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "severity": self.severity, "file": self.file,
+            "image_id": self.image_id, "ann_id": self.ann_id, "message": self.message,
+        }
+
+
+@dataclass
+class CheckReport:
+    problems: list[Problem] = field(default_factory=list)
+    # Filled by check_coco: items dropped because of fatal problems.
+    skipped_images: int = 0
+    skipped_annotations: int = 0
+
+    def add(self, kind: str, file: str, message: str, image_id=None, ann_id=None) -> None:
+        assert kind in KINDS, kind
+        self.problems.append(Problem(kind, file, message, image_id, ann_id))
+
+    def extend(self, other: CheckReport) -> None:
+        self.problems.extend(other.problems)
+        self.skipped_images += other.skipped_images
+        self.skipped_annotations += other.skipped_annotations
+
+    @property
+    def fatal(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == FATAL]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(p.kind for p in self.problems)
+        return {k: c[k] for k in KINDS if c[k]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts(),
+            "skipped_images": self.skipped_images,
+            "skipped_annotations": self.skipped_annotations,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+# --- categories ----------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_categories(raw: Any, json_name: str, report: CheckReport) -> list[dict[str, Any]]:
+    """COCO categories -> the category map: dataset id, contiguous id (1..K in
+    order of dataset id), name, supercategory."""
+    if not isinstance(raw, list):
+        raise UserError(f"{json_name}: 'categories' must be a list of {{id, name}} objects")
+    seen: dict[int, dict] = {}
+    for i, cat in enumerate(raw):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            report.add("malformed_category", json_name,
+                       f"categories[{i}] = {_short(cat)} needs an integer 'id' and a string 'name'")
+            continue
+        if cat["id"] in seen:
+            report.add("duplicate_category_id", json_name,
+                       f"category id {cat['id']} ({cat['name']!r}) is defined again "
+                       f"(first as {seen[cat['id']]['name']!r})")
+            continue
+        seen[cat["id"]] = cat
+    cats = []
+    for k, cid in enumerate(sorted(seen), start=1):
+        c = seen[cid]
+        cats.append({"id": cid, "contiguous_id": k, "name": c["name"],
+                     "supercategory": str(c.get("supercategory", ""))})
+    return cats
+
+
+def _short(v: Any, n: int = 80) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# --- geometry -------------------------------------------------------------------------
+
+
+def polygon_self_intersects(coords: list[float]) -> bool:
+    """True when two non-adjacent edges of the closed polygon cross properly."""
+    pts = np.asarray(coords, np.float64).reshape(-1, 2)
+    n = len(pts)
+    if n < 4:
+        return False
+    a = pts
+    b = np.roll(pts, -1, axis=0)
+
+    def orient(p, q, r):  # sign of the cross product (q - p) x (r - p), broadcast
+        return np.sign(
+            (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
+            - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
+        )
+
+    A, B = a[:, None, :], b[:, None, :]
+    C, D = a[None, :, :], b[None, :, :]
+    o1, o2 = orient(A, B, C), orient(A, B, D)
+    o3, o4 = orient(C, D, A), orient(C, D, B)
+    cross = (o1 * o2 < 0) & (o3 * o4 < 0)
+    i, j = np.triu_indices(n, k=2)
+    keep = ~((i == 0) & (j == n - 1))  # first and last edges share a vertex
+    return bool(cross[i[keep], j[keep]].any())
+
+
+def _check_box(bbox: Any, h: int, w: int) -> tuple[str, str, np.ndarray | None]:
+    """-> (problem kind or "", message, xyxy clipped box)."""
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    ):
+        return "box_invalid", f"bbox {_short(bbox)} is not [x, y, width, height]", None
+    x, y, bw, bh = (float(v) for v in bbox)
+    if bw <= 0 or bh <= 0:
+        return "box_zero_area", f"bbox {_short(bbox)} has zero area (width {bw:g}, height {bh:g})", None
+    x2, y2 = x + bw, y + bh
+    t = BOX_TOLERANCE
+    if x < -t or y < -t or x2 > w + t or y2 > h + t:
+        return (
+            "box_outside_image",
+            f"bbox {_short(bbox)} (xyxy [{x:g}, {y:g}, {x2:g}, {y2:g}]) extends outside the "
+            f"{w}x{h} image",
+            None,
+        )
+    box = np.array([min(max(x, 0), w), min(max(y, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)],
+                   np.float32)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return "box_zero_area", f"bbox {_short(bbox)} has zero area inside the {w}x{h} image", None
+    return "", "", box
+
+
+def _segmentation_to_rle(seg: Any, h: int, w: int) -> tuple[list[tuple[str, str]], bytes | None, bool]:
+    """-> (problems [(kind, message)], compressed counts or None, self_intersecting)."""
+    if seg is None or (isinstance(seg, (list, dict)) and len(seg) == 0):
+        return [("segmentation_missing", "no segmentation (need polygons or RLE)")], None, False
+    if isinstance(seg, list):
+        problems = []
+        polys = []
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly
+            ):
+                problems.append(("polygon_too_few_points",
+                                 f"polygon {k} is not a list of numbers: {_short(poly)}"))
+            elif len(poly) % 2 == 1:
+                problems.append(("polygon_too_few_points",
+                                 f"polygon {k} has an odd number of coordinates ({len(poly)})"))
+            elif len(poly) < 6:
+                problems.append(("polygon_too_few_points",
+                                 f"polygon {k} has {len(poly) // 2} point(s); a polygon needs at least 3"))
+            else:
+                polys.append(poly)
+        if problems:
+            return problems, None, False
+        intersecting = any(polygon_self_intersects(p) for p in polys)
+        return [], masklib.polygon_to_rle(polys, h, w), intersecting
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(_is_int(v) for v in size)):
+            return [("rle_invalid", f"RLE 'size' {_short(size)} is not [height, width]")], None, False
+        if list(size) != [h, w]:
+            return [("rle_size_mismatch",
+                     f"RLE size {list(size)} (height, width) disagrees with the image's [{h}, {w}]")], None, False
+        if isinstance(counts, list):
+            if not all(_is_int(v) and v >= 0 for v in counts):
+                return [("rle_invalid", "uncompressed RLE counts must be non-negative integers")], None, False
+            total = sum(counts)
+            if total != h * w:
+                return [("rle_invalid",
+                         f"uncompressed RLE counts sum to {total}, not height*width = {h * w}")], None, False
+            return [], masklib.uncompressed_to_rle(counts, h, w), False
+        if isinstance(counts, (str, bytes)):
+            try:
+                runs = masklib.rle_counts_from_string(counts)
+            except (ValueError, UnicodeEncodeError) as e:
+                return [("rle_invalid", f"compressed RLE counts cannot be parsed ({e})")], None, False
+            total = sum(runs)
+            if any(r < 0 for r in runs) or total != h * w:
+                return [("rle_invalid",
+                         f"compressed RLE counts cover {total} pixels, not height*width = {h * w}")], None, False
+            return [], counts.encode("ascii") if isinstance(counts, str) else bytes(counts), False
+        return [("rle_invalid", f"RLE 'counts' {_short(counts)} is neither a list nor a string")], None, False
+    return [("segmentation_missing", f"segmentation {_short(seg)} is neither polygons nor RLE")], None, False
+
+
+# --- the split ------------------------------------------------------------------------
+
+
+@dataclass
+class CheckedSplit:
+    examples: list[Example]  # the images kept (all of them when nothing is fatal)
+    categories: list[dict[str, Any]]
+    report: CheckReport
+    num_images: int  # images in the JSON
+    num_annotations: int
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: annotation file not found; check --annotations") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); is it a COCO annotation file?") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(
+            f"{path}: not a COCO annotation file: expected a JSON object with an 'images' list "
+            "(and 'annotations', 'categories')"
+        )
+    return data
+
+
+def check_coco(
+    annotations: Path | dict[str, Any],
+    images_dir: Path,
+    *,
+    categories: list[dict[str, Any]] | None = None,
+    json_name: str | None = None,
+    workers: int | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> CheckedSplit:
+    """Read and check one COCO-format split.
+
+    `categories`: the category map to use (another split's); default: this
+    file's. `on_image` is called once per image file inspected (progress).
+    Problems are all collected; the returned examples exclude every item with
+    a fatal problem, so they are what `--on-error skip` writes.
+    """
+    images_dir = Path(images_dir)
+    if isinstance(annotations, dict):
+        data = annotations
+        json_name = json_name or "annotations.json"
+    else:
+        data = load_json(Path(annotations))
+        json_name = json_name or str(annotations)
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: images directory not found; check --images")
+    report = CheckReport()
+    own_cats = read_categories(data.get("categories", []), json_name, report)
+    cats = categories if categories is not None else own_cats
+    cat_to_contiguous = {c["id"]: c["contiguous_id"] for c in cats}
+
+    # Images: ids, file names, duplicates.
+    raw_images = data["images"]
+    id_counts = Counter(im.get("id") for im in raw_images if isinstance(im, dict) and _is_int(im.get("id")))
+    images: list[dict[str, Any]] = []
+    dup_reported = set()
+    for i, im in enumerate(raw_images):
+        if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
+            report.add("malformed_image", json_name,
+                       f"images[{i}] = {_short(im)} needs an integer 'id' and a string 'file_name'")
+            continue
+        if id_counts[im["id"]] > 1:
+            if im["id"] not in dup_reported:
+                names = [x.get("file_name") for x in raw_images
+                         if isinstance(x, dict) and x.get("id") == im["id"]]
+                report.add("duplicate_image_id", json_name,
+                           f"image id {im['id']} is used by {id_counts[im['id']]} images: "
+                           f"{', '.join(map(str, names))}", image_id=im["id"])
+                dup_reported.add(im["id"])
+            continue
+        images.append(im)
+
+    # Image files, in parallel.
+    def inspect(im):
+        facts = imagelib.inspect_image(images_dir / im["file_name"])
+        if on_image is not None:
+            on_image()
+        return facts
+
+    nworkers = workers or min(8, os.cpu_count() or 1)
+    if nworkers > 1 and len(images) > 1:
+        with ThreadPoolExecutor(nworkers) as pool:
+            facts_list = list(pool.map(inspect, images))
+    else:
+        facts_list = [inspect(im) for im in images]
+
+    good: dict[int, tuple[dict, imagelib.ImageFacts]] = {}
+    for im, facts in zip(images, facts_list):
+        fname = str(images_dir / im["file_name"])
+        iid = im["id"]
+        if not facts.ok:
+            report.add(facts.error_kind, fname, facts.error, image_id=iid)
+            continue
+        jh, jw = im.get("height"), im.get("width")
+        if (jh is not None or jw is not None) and (jh, jw) != (facts.height, facts.width):
+            msg = (f"the JSON says {jw}x{jh} (width x height) but the file shows "
+                   f"{facts.width}x{facts.height}")
+            if facts.orientation in (5, 6, 7, 8) and (jh, jw) == (facts.stored_height, facts.stored_width):
+                msg += (" after its EXIF rotation; the JSON has the stored (un-rotated) size, "
+                        "but the annotations must refer to the displayed image")
+            report.add("image_size_mismatch", fname, msg, image_id=iid)
+            continue
+        if facts.orientation not in (0, 1):
+            report.add("exif_rotated", fname,
+                       f"EXIF orientation {facts.orientation}: stored {facts.stored_width}x"
+                       f"{facts.stored_height}, displayed {facts.width}x{facts.height}; rotation applied",
+                       image_id=iid)
+        if facts.mode != "RGB":
+            report.add("converted_to_rgb", fname, f"{facts.format} image in mode {facts.mode}; "
+                       "converted to 8-bit RGB", image_id=iid)
+        good[iid] = (im, facts)
+    num_bad_images = len(raw_images) - len(good)
+
+    # Annotations.
+    raw_anns = data.get("annotations", [])
+    if not isinstance(raw_anns, list):
+        raise UserError(f"{json_name}: 'annotations' must be a list")
+    valid_ids = {c["id"] for c in cats}
+    all_image_ids = {im.get("id") for im in raw_images if isinstance(im, dict)}
+    per_image: dict[int, list[tuple]] = {iid: [] for iid in good}
+    seen_ann: set[int] = set()
+    skipped_anns = 0
+    for i, ann in enumerate(raw_anns):
+        if (not isinstance(ann, dict) or not _is_int(ann.get("id")) or not _is_int(ann.get("image_id"))
+                or not _is_int(ann.get("category_id"))):
+            report.add("malformed_annotation", json_name,
+                       f"annotations[{i}] = {_short(ann)} needs integer 'id', 'image_id' and 'category_id'")
+            skipped_anns += 1
+            continue
+        aid, iid = ann["id"], ann["image_id"]
+        if aid in seen_ann:
+            report.add("duplicate_annotation_id", json_name,
+                       f"annotation id {aid} is used again (annotations[{i}])", iid, aid)
+            skipped_anns += 1
+            continue
+        seen_ann.add(aid)
+        if iid not in all_image_ids:
+            report.add("missing_image_ref", json_name,
+                       f"image_id {iid} is not among the images", iid, aid)
+            skipped_anns += 1
+            continue
+        if iid not in good:  # the image itself was skipped (reported above)
+            skipped_anns += 1
+            continue
+        im, facts = good[iid]
+        h, w = facts.height, facts.width
+        fname = str(images_dir / im["file_name"])
+        fatal = False
+        if ann["category_id"] not in valid_ids:
+            report.add("unknown_category", json_name,
+                       f"category_id {ann['category_id']} is not among the categories "
+                       f"({_short(sorted(valid_ids), 60)}) in {fname}", iid, aid)
+            fatal = True
+        problems, counts, intersecting = _segmentation_to_rle(ann.get("segmentation"), h, w)
+        for kind, msg in problems:
+            report.add(kind, json_name, f"{msg} in {fname}", iid, aid)
+            fatal = True
+        if "bbox" not in ann and counts is not None:
+            box = masklib.tight_box(counts, h, w)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                report.add("box_zero_area", json_name, f"no bbox and an empty mask in {fname}", iid, aid)
+                fatal = True
+            else:
+                report.add("box_from_mask", json_name, f"no bbox; computed {box.tolist()} from the mask "
+                           f"in {fname}", iid, aid)
+        elif "bbox" in ann:
+            kind, msg, box = _check_box(ann.get("bbox"), h, w)
+            if kind:
+                report.add(kind, json_name, f"{msg} in {fname}", iid, aid)
+                fatal = True
+        else:
+            box = None
+        if fatal:
+            skipped_anns += 1
+            continue
+        if intersecting:
+            report.add("polygon_self_intersecting", json_name,
+                       f"a polygon crosses itself in {fname}; kept as rasterised by pycocotools",
+                       iid, aid)
+        area = ann.get("area")
+        if not isinstance(area, (int, float)) or isinstance(area, bool) or not math.isfinite(area):
+            area = masklib.area(counts, h, w)
+        crowd = bool(ann.get("iscrowd", 0))
+        per_image[iid].append((aid, box, cat_to_contiguous[ann["category_id"]], crowd, float(area), counts))
+    report.skipped_annotations = skipped_anns
+    report.skipped_images = num_bad_images
+
+    examples = []
+    for iid, (im, facts) in good.items():
+        anns = per_image[iid]
+        path = images_dir / im["file_name"]
+        examples.append(
+            Example(
+                image_id=iid,
+                file_name=im["file_name"],
+                height=facts.height,
+                width=facts.width,
+                load=_Loader(path, facts),
+                ann_ids=np.array([a[0] for a in anns], np.int64),
+                boxes=np.array([a[1] for a in anns], np.float32).reshape(-1, 4),
+                classes=np.array([a[2] for a in anns], np.int32),
+                crowd=np.array([a[3] for a in anns], bool),
+                areas=np.array([a[4] for a in anns], np.float32),
+                rles=[a[5] for a in anns],
+                image_sha256=facts.sha256,
+            )
+        )
+    return CheckedSplit(examples, cats, report, len(raw_images), len(raw_anns))
+
+
+class _Loader:
+    """Reads an image file and gives the bytes to store (converted if needed)."""
+
+    def __init__(self, path: Path, facts: imagelib.ImageFacts):
+        self.path = path
+        self.facts = facts
+
+    def __call__(self) -> bytes:
+        return imagelib.to_stored_bytes(self.path.read_bytes(), self.facts)

@@ -1,0 +1,342 @@
+"""`mrcli prepare`: COCO, any COCO-format dataset, and the built-in shapes,
+checked and written as TFDS ArrayRecord datasets (see `mrcli.data.store`).
+
+Each `prepare_*` function checks everything first; with fatal problems and
+`on_error="fail"` it raises `DataCheckError` (a UserError: exit 2) and writes
+nothing; with `on_error="skip"` it writes what is good and reports what was
+skipped. `check_only=True` checks without writing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from mrcli.data import shapes as shapes_lib
+from mrcli.data import store
+from mrcli.data.check import FATAL, KINDS, CheckReport, check_coco, load_json
+from mrcli.errors import UserError
+
+OnError = Literal["fail", "skip"]
+# progress(description, total) -> advance(): how the CLI shows progress bars.
+Progress = Callable[[str, int], Callable[[], None]]
+
+
+def _no_progress(description: str, total: int) -> Callable[[], None]:
+    return lambda: None
+
+
+class DataCheckError(UserError):
+    """Fatal problems in the data with --on-error fail: nothing was written."""
+
+    def __init__(self, message: str, report: CheckReport):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class PrepareResult:
+    name: str
+    record: dict[str, Any]
+    report: CheckReport = field(default_factory=CheckReport)
+    path: Path | None = None  # the dataset's directory when written
+    written: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "written": self.written,
+            "path": str(self.path) if self.path else None,
+            "record": self.record,
+            "problems": self.report.to_json(),
+        }
+
+
+def _fail_message(report: CheckReport, check_only: bool) -> str:
+    counts = report.counts()
+    fatal = {k: n for k, n in counts.items() if KINDS[k].severity == FATAL}
+    listing = ", ".join(f"{n} {k}" for k, n in fatal.items())
+    what = "checked only" if check_only else "nothing written"
+    return (
+        f"{sum(fatal.values())} problem(s) in the data ({listing}); {what}. Fix the data, or "
+        f"re-run with --on-error skip to leave out the {report.skipped_images} bad image(s) "
+        f"and {report.skipped_annotations} bad annotation(s)"
+    )
+
+
+def _finish(
+    name: str,
+    data_dir: str | os.PathLike | None,
+    categories: list[dict[str, Any]],
+    splits: dict[str, list[store.Example]],
+    report: CheckReport,
+    source: dict[str, Any],
+    *,
+    on_error: OnError,
+    check_only: bool,
+    overwrite: bool,
+    progress: Progress,
+) -> PrepareResult:
+    if on_error not in ("fail", "skip"):
+        raise UserError(f"--on-error {on_error!r}: expected fail or skip")
+    if report.fatal and on_error == "fail":
+        raise DataCheckError(_fail_message(report, check_only), report)
+    for split, examples in splits.items():
+        if not examples:
+            raise UserError(f"split {split!r} has no images left to write")
+    record = {
+        "source": source,
+        "categories": categories,
+        "splits": store.record_summary(categories, splits),
+        "fingerprint": store.fingerprint(categories, splits),
+        "problems": report.counts(),
+        "skipped": {"images": report.skipped_images, "annotations": report.skipped_annotations},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    result = PrepareResult(name, record, report)
+    if check_only:
+        return result
+    total = sum(len(v) for v in splits.values())
+    advance = progress(f"writing {name}", total)
+    path = store.write_dataset(
+        name, data_dir, splits, record, overwrite=overwrite, on_example=lambda split: advance(),
+        extra_files={"problems.json": json.dumps(report.to_json(), indent=1).encode()},
+    )
+    result.path, result.written = path, True
+    return result
+
+
+def _check_target(name: str, data_dir, overwrite: bool, check_only: bool) -> None:
+    store.check_name(name)
+    target = store.resolve_data_dir(data_dir) / name
+    if target.exists() and not overwrite and not check_only:
+        raise UserError(
+            f"{target} already exists; pass --overwrite to replace it or --name to pick another name"
+        )
+
+
+# --- shapes -----------------------------------------------------------------------------
+
+
+def prepare_shapes(
+    *,
+    data_dir: str | os.PathLike | None = None,
+    name: str = "shapes",
+    num_train: int = 2000,
+    num_val: int = 200,
+    size: int = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> PrepareResult:
+    """The built-in synthetic shapes dataset (see `mrcli.data.shapes`)."""
+    _check_target(name, data_dir, overwrite, False)
+    if num_train < 1 or num_val < 1:
+        raise UserError("--num-train and --num-val must be at least 1")
+    if not 32 <= size <= 4096:
+        raise UserError(f"--size {size}: expected 32..4096 pixels")
+    splits = {}
+    for split, n in (("train", num_train), ("val", num_val)):
+        advance = progress(f"generating {split}", n)
+        splits[split] = shapes_lib.generate(n, split, size=size, seed=seed, on_example=advance)
+    source = {"kind": "shapes", "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    return _finish(name, data_dir, list(shapes_lib.CATEGORIES), splits, CheckReport(), source,
+                   on_error="fail", check_only=False, overwrite=overwrite, progress=progress)
+
+
+# --- any COCO-format dataset -------------------------------------------------------------
+
+
+def prepare_coco_json(
+    *,
+    annotations: str | os.PathLike,
+    images: str | os.PathLike,
+    name: str,
+    val_annotations: str | os.PathLike | None = None,
+    val_images: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    on_error: OnError = "fail",
+    check_only: bool = False,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+    source: dict[str, Any] | None = None,
+) -> PrepareResult:
+    """A COCO-format dataset: `annotations` + `images` become split "train",
+    `val_annotations` + `val_images` (default: `images`) split "val"."""
+    _check_target(name, data_dir, overwrite, check_only)
+    parts = [("train", Path(annotations), Path(images))]
+    if val_annotations is not None:
+        parts.append(("val", Path(val_annotations), Path(val_images or images)))
+    report = CheckReport()
+    splits: dict[str, list[store.Example]] = {}
+    categories = None
+    for split, ann_path, img_dir in parts:
+        data = load_json(ann_path)
+        advance = progress(f"checking {split} images", len(data["images"]))
+        checked = check_coco(data, img_dir, categories=categories, json_name=str(ann_path),
+                             on_image=advance)
+        if categories is None:
+            categories = checked.categories
+            if not categories:
+                raise UserError(f"{ann_path}: no valid categories; a COCO file lists them under 'categories'")
+        report.extend(checked.report)
+        splits[split] = checked.examples
+    src = source or {
+        "kind": "coco-json",
+        **{f"{s}_annotations": str(a.resolve()) for s, a, _ in parts},
+        **{f"{s}_images": str(i.resolve()) for s, _, i in parts},
+    }
+    return _finish(name, data_dir, categories, splits, report, src, on_error=on_error,
+                   check_only=check_only, overwrite=overwrite, progress=progress)
+
+
+# --- COCO -----------------------------------------------------------------------------------
+
+COCO_YEARS = (2014, 2017)
+
+
+def coco_urls(year: int) -> dict[str, str]:
+    base = "http://images.cocodataset.org"
+    return {
+        "train_images": f"{base}/zips/train{year}.zip",
+        "val_images": f"{base}/zips/val{year}.zip",
+        "annotations": f"{base}/annotations/annotations_trainval{year}.zip",
+    }
+
+
+def coco_layout(root: Path, year: int) -> dict[str, Path]:
+    """Where an extracted COCO tree keeps its parts."""
+    return {
+        "train_annotations": root / "annotations" / f"instances_train{year}.json",
+        "val_annotations": root / "annotations" / f"instances_val{year}.json",
+        "train_images": root / f"train{year}",
+        "val_images": root / f"val{year}",
+    }
+
+
+def prepare_coco(
+    *,
+    year: int = 2017,
+    manual_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    on_error: OnError = "fail",
+    check_only: bool = False,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+    download_manager: Any = None,
+) -> PrepareResult:
+    """COCO instances train/val of `year`, from `manual_dir` (an extracted
+    COCO tree: annotations/instances_{train,val}YEAR.json, trainYEAR/, valYEAR/)
+    or downloaded with TFDS's download manager into DATA_DIR/downloads/coco."""
+    if year not in COCO_YEARS:
+        raise UserError(f"--year {year}: COCO instances exist for {', '.join(map(str, COCO_YEARS))}")
+    name = name or ("coco" if year == 2017 else f"coco{year}")
+    _check_target(name, data_dir, overwrite, check_only)
+    if manual_dir is not None:
+        root = Path(manual_dir).expanduser()
+        layout = coco_layout(root, year)
+        missing = [str(p) for p in layout.values() if not p.exists()]
+        if missing:
+            raise UserError(
+                f"--manual-dir {root}: missing {', '.join(missing)}; expected an extracted COCO {year} "
+                f"tree: annotations/instances_train{year}.json, annotations/instances_val{year}.json, "
+                f"train{year}/, val{year}/"
+            )
+        origin = {"manual_dir": str(root.resolve())}
+    else:
+        if download_manager is None:
+            import tensorflow_datasets as tfds
+
+            download_manager = tfds.download.DownloadManager(
+                download_dir=store.resolve_data_dir(data_dir) / "downloads" / "coco",
+                dataset_name="coco",
+            )
+        urls = coco_urls(year)
+        paths = {k: Path(os.fspath(v)) for k, v in download_manager.download_and_extract(urls).items()}
+        layout = {
+            "train_annotations": paths["annotations"] / "annotations" / f"instances_train{year}.json",
+            "val_annotations": paths["annotations"] / "annotations" / f"instances_val{year}.json",
+            "train_images": paths["train_images"] / f"train{year}",
+            "val_images": paths["val_images"] / f"val{year}",
+        }
+        origin = {"urls": urls}
+    return prepare_coco_json(
+        annotations=layout["train_annotations"],
+        images=layout["train_images"],
+        val_annotations=layout["val_annotations"],
+        val_images=layout["val_images"],
+        name=name,
+        data_dir=data_dir,
+        on_error=on_error,
+        check_only=check_only,
+        overwrite=overwrite,
+        progress=progress,
+        source={"kind": "coco", "year": year, **origin},
+    )
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def summary_table(result: PrepareResult):
+    """A rich table: per split images, instances, crowd, empty images, sizes; per class counts."""
+    from rich.table import Table
+
+    rec = result.record
+    splits = rec["splits"]
+    title = f"{result.name}" + (f"  ({result.path})" if result.path else "  (not written)")
+    t = Table(title=title, title_justify="left")
+    t.add_column("")
+    for s in splits:
+        t.add_column(s, justify="right")
+    rows = [
+        ("images", "images"), ("instances", "instances"), ("crowd regions", "crowd"),
+        ("images without annotations", "empty_images"),
+    ]
+    for label, key in rows:
+        t.add_row(label, *[f"{splits[s][key]:,}" for s in splits])
+    t.add_row("smallest image (h x w)", *[f"{splits[s]['min_size'][0]} x {splits[s]['min_size'][1]}" for s in splits])
+    t.add_row("largest image (h x w)", *[f"{splits[s]['max_size'][0]} x {splits[s]['max_size'][1]}" for s in splits])
+    t.add_section()
+    for cat in rec["categories"]:
+        t.add_row(f"{cat['contiguous_id']:>3} {cat['name']} (id {cat['id']})",
+                  *[f"{splits[s]['per_class'][cat['name']]:,}" for s in splits])
+    t.add_section()
+    t.add_row("fingerprint", *([rec["fingerprint"]] + [""] * (len(splits) - 1)))
+    return t
+
+
+def problems_table(report: CheckReport):
+    """A rich table of problem counts per kind with what was (or would be) done."""
+    from rich.table import Table
+
+    t = Table(title="problems", title_justify="left")
+    t.add_column("kind")
+    t.add_column("severity")
+    t.add_column("count", justify="right")
+    t.add_column("--on-error skip does / what was done")
+    for kind, n in report.counts().items():
+        k = KINDS[kind]
+        t.add_row(kind, k.severity, f"{n:,}", k.action)
+    return t
+
+
+def problem_lines(report: CheckReport, *, max_notes_per_kind: int = 10) -> list[str]:
+    """Every fatal and fixed problem, one line each; notes capped per kind."""
+    lines = []
+    shown: dict[str, int] = {}
+    for p in report.problems:
+        if p.severity == "note":
+            shown[p.kind] = shown.get(p.kind, 0) + 1
+            if shown[p.kind] > max_notes_per_kind:
+                continue
+        lines.append(f"{p.severity}: {p}")
+    for kind, n in shown.items():
+        if n > max_notes_per_kind:
+            lines.append(f"note: ... and {n - max_notes_per_kind} more {kind} (all in --json / problems.json)")
+    return lines
