@@ -1,0 +1,124 @@
+"""`mrcli show`: overlay PNGs of a prepared dataset (masks in colour, boxes,
+class names), raw or as the training pipeline gives them to the model, so a
+person can see that the data is right before training."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from mrcli.config import Config
+from mrcli.data import images as imagelib
+from mrcli.data import masks as masklib
+from mrcli.data import pipeline
+from mrcli.data.store import Dataset
+from mrcli.errors import UserError
+
+# Distinct colours (Glasbey-like), one per instance in an image.
+PALETTE = np.array(
+    [
+        (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+        (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+        (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+        (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    ],
+    np.uint8,
+)
+
+
+def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: list[np.ndarray], labels: list[str],
+            crowd: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
+    """Draw full-image masks [H, W], xyxy boxes and labels on an RGB image.
+    Crowd regions are drawn in grey with a 'crowd' label."""
+    out = rgb.astype(np.float32).copy()
+    n = len(boxes)
+    crowd = np.zeros(n, bool) if crowd is None else np.asarray(crowd, bool)
+    colours = [np.array((160, 160, 160), np.uint8) if crowd[i] else PALETTE[i % len(PALETTE)]
+               for i in range(n)]
+    for m, c in zip(masks, colours):
+        sel = m.astype(bool)
+        out[sel] = (1 - alpha) * out[sel] + alpha * c.astype(np.float32)
+    img = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for i in range(n):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        c = tuple(int(v) for v in colours[i])
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=c, width=1 if crowd[i] else 2)
+        text = ("crowd: " if crowd[i] else "") + labels[i]
+        tx, ty = x1 + 1, max(0.0, y1 - 11)
+        bbox = draw.textbbox((tx, ty), text, font=font)
+        draw.rectangle(bbox, fill=(0, 0, 0))
+        draw.text((tx, ty), text, fill=c, font=font)
+    return np.asarray(img)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def raw_overlay(dataset: Dataset, split: str, index: int) -> tuple[int, np.ndarray]:
+    """(image id, overlay) of stored record `index` as prepared."""
+    rec = dataset.source(split)[index]
+    h, w = int(rec["height"]), int(rec["width"])
+    rgb = np.asarray(imagelib.decode_rgb(rec["image"]))
+    masks = [masklib.decode(r, h, w) for r in rec["rles"]]
+    names = dataset.class_names
+    labels = [names[int(c)] for c in rec["classes"]]
+    return int(rec["image_id"]), overlay(rgb, np.asarray(rec["boxes"]), masks, labels, rec["crowd"])
+
+
+def augmented_overlay(dataset: Dataset, split: str, index: int, cfg: Config,
+                      seed: int = 0) -> tuple[int, np.ndarray]:
+    """(image id, overlay) of record `index` as the training pipeline gives it
+    (epoch 0 augmentation for `seed`): the whole padded model input, gt boxes,
+    the S x S mask crops pasted back into their boxes."""
+    b = pipeline.example_batch(cfg, dataset, split, [index], train=True, seed=seed)
+    rgb = pipeline.denormalize(b["image"][0], cfg)
+    H, W = rgb.shape[:2]
+    valid = b["gt_valid"][0] | b["gt_crowd"][0]
+    boxes = b["gt_boxes"][0][valid]
+    masks = [masklib.paste(m, box, H, W) for m, box in zip(b["gt_masks"][0][valid], boxes)]
+    names = dataset.class_names
+    labels = [names[int(c)] for c in b["gt_classes"][0][valid]]
+    info = b["image_info"][0]
+    # Mark the padding border so the resized image's extent is visible.
+    rgb = rgb.copy()
+    rh, rw = int(info[3]), int(info[4])
+    if rw < W:
+        rgb[:, rw:] = rgb[:, rw:] // 2
+    if rh < H:
+        rgb[rh:, :] = rgb[rh:, :] // 2
+    return int(b["image_id"][0]), overlay(rgb, boxes, masks, labels, b["gt_crowd"][0][valid])
+
+
+def show(dataset: Dataset, *, split: str, out: str | os.PathLike, num: int = 8,
+         augmented: bool = False, cfg: Config | None = None, seed: int = 0) -> list[Path]:
+    """Write overlay PNGs of the first `num` images of `split` to `out`;
+    returns their paths (SPLIT_IMAGEID.png, or SPLIT_IMAGEID_aug.png)."""
+    dataset.check_split(split)
+    if num < 1:
+        raise UserError("--num must be at least 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = min(num, dataset.num_examples(split))
+    paths = []
+    for k in range(n):
+        if augmented:
+            image_id, rgb = augmented_overlay(dataset, split, k, cfg or Config(), seed)
+            path = out / f"{split}_{image_id}_aug.png"
+        else:
+            image_id, rgb = raw_overlay(dataset, split, k)
+            path = out / f"{split}_{image_id}.png"
+        _write_png(path, rgb)
+        paths.append(path)
+    return paths
