@@ -150,3 +150,168 @@ def coco_evaluate(
         p = p[p > -1]
         per_class[int(cat_id)] = float(p.mean()) if p.size else float("nan")
     return EvalResult(iou_type, stats, per_class)
+
+
+# --- the model over a dataset split -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """One image's valid detections in its original pixels (host side)."""
+
+    image_id: int
+    boxes: np.ndarray  # [D,4] float32 xyxy, original image pixels
+    scores: np.ndarray  # [D] float32
+    classes: np.ndarray  # [D] int32, contiguous 1..K
+    masks: np.ndarray | None  # [D,H,W] bool pasted into the original image, or None
+    height: int
+    width: int
+
+
+def image_detections(
+    dets: dict[str, np.ndarray],  # one image: boxes [D,4] (input px), scores, classes, valid, masks [D,M,M]
+    image_info: np.ndarray,  # [5] (orig_h, orig_w, scale, resized_h, resized_w)
+    image_id: int,
+    mask_threshold: float = 0.5,
+) -> ImageDetections:
+    """Model detections of one image -> its original pixels, masks pasted.
+
+    Boxes scale by orig/resized per axis (torchvision's transform.postprocess);
+    masks are pasted at those boxes into the original image and thresholded
+    (torchvision's paste_masks_in_image, mrcli.ops.masks.paste_masks)."""
+    from mrcli.ops.masks import paste_masks
+
+    orig_h, orig_w, _, resized_h, resized_w = (float(v) for v in image_info)
+    keep = np.flatnonzero(np.asarray(dets["valid"], bool))
+    ratio = np.array(
+        [orig_w / resized_w, orig_h / resized_h, orig_w / resized_w, orig_h / resized_h],
+        np.float32,
+    )
+    boxes = np.asarray(dets["boxes"], np.float32)[keep] * ratio
+    h, w = int(round(orig_h)), int(round(orig_w))
+    masks = None
+    if "masks" in dets:
+        masks = paste_masks(np.asarray(dets["masks"], np.float32)[keep], boxes, h, w,
+                            threshold=mask_threshold)  # fmt: skip
+    return ImageDetections(
+        image_id=int(image_id),
+        boxes=boxes,
+        scores=np.asarray(dets["scores"], np.float32)[keep],
+        classes=np.asarray(dets["classes"], np.int32)[keep],
+        masks=masks,
+        height=h,
+        width=w,
+    )
+
+
+@dataclass(frozen=True)
+class DatasetEval:
+    """COCO evaluation of a model on a split."""
+
+    bbox: EvalResult
+    segm: EvalResult | None  # None for a box-only model
+    num_images: int
+    results_path: Path  # the COCO results file (dataset category ids)
+
+    def summary(self) -> dict[str, float]:
+        """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each)."""
+        out = {f"bbox_{k}": v for k, v in self.bbox.stats.items()}
+        if self.segm is not None:
+            out.update({f"segm_{k}": v for k, v in self.segm.stats.items()})
+        return out
+
+
+def evaluate_model(
+    model: Any,  # mrcli.model.Model
+    model_state: Any,  # its full nnx.State
+    dataset: Any,  # mrcli.data.store.Dataset
+    cfg: Any,  # mrcli.config.Config
+    *,
+    split: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    mesh: Any = None,
+    max_images: int | None = None,
+    categories: list[dict[str, Any]] | None = None,
+    report: Any = None,
+) -> DatasetEval:
+    """Run inference over `split` in fixed-shape batches, write the COCO results
+    file (streaming), and score it with COCOeval (bbox, and segm with masks).
+
+    `categories` is the model's category map (a checkpoint's); it must be the
+    dataset's. `report(done, total)` is called after each batch."""
+    import tempfile
+
+    import jax
+
+    from mrcli.data import pipeline
+    from mrcli.train import data_sharded, make_mesh, replicated
+
+    categories = categories if categories is not None else dataset.categories
+    check_categories(categories, dataset.categories, dataset.name)
+    dataset_ids = [0] + [c["id"] for c in sorted(categories, key=lambda c: c["contiguous_id"])]
+    mesh = mesh if mesh is not None else make_mesh()
+    n_dev = mesh.devices.size
+    batch_size = cfg.eval.batch_size
+    if batch_size % n_dev:
+        batch_size = -(-batch_size // n_dev) * n_dev  # round up: padding is never counted
+    batches = pipeline.eval_batches(cfg, dataset, split=split, global_batch=batch_size,
+                                    max_images=max_images)  # fmt: skip
+    detect = jax.jit(
+        model.detect,
+        in_shardings=(replicated(mesh), data_sharded(mesh), data_sharded(mesh)),
+    )
+    state = jax.device_put(model_state, replicated(mesh))
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mrcli-eval-"))
+    results_path = out / "detections.json"
+    image_ids: list[int] = []
+    total = len(batches)
+    with batches, ResultsWriter(results_path) as writer:
+        for done, batch in enumerate(batches, 1):
+            dets = jax.device_get(detect(state, batch["image"], batch["image_info"]))
+            for i in range(batch["image"].shape[0]):
+                if batch["is_padding"][i]:
+                    continue
+                one = {k: v[i] for k, v in dets.items()}
+                d = image_detections(one, batch["image_info"][i], int(batch["image_id"][i]))
+                image_ids.append(d.image_id)
+                writer.write(to_coco_results(d.image_id, d.boxes, d.scores, d.classes,
+                                             np.ones(len(d.scores), bool), dataset_ids, d.masks))  # fmt: skip
+            if report is not None:
+                report(done, total)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = dataset.coco_ground_truth(split)
+        gt.createIndex()
+    bbox = coco_evaluate(gt, results_path, "bbox", image_ids)
+    segm = coco_evaluate(gt, results_path, "segm", image_ids) if cfg.model.masks else None
+    if out_dir is not None:
+        for result in (bbox, segm):
+            if result is not None:
+                _write_json(out / f"{result.iou_type}.json", {
+                    "stats": result.stats,
+                    "per_class_ap": {str(k): v for k, v in result.per_class_ap.items()},
+                    "num_images": len(image_ids),
+                })  # fmt: skip
+    return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path)
+
+
+def check_categories(model_categories, dataset_categories, dataset_name: str) -> None:
+    """A model's category map must be the dataset's: same ids, same order, same names."""
+    key = lambda cats: [(c["contiguous_id"], c["id"], c["name"]) for c in  # noqa: E731
+                        sorted(cats, key=lambda c: c["contiguous_id"])]  # fmt: skip
+    if key(model_categories) != key(dataset_categories):
+        from mrcli.errors import UserError
+
+        mine = ", ".join(c["name"] for c in model_categories[:5])
+        theirs = ", ".join(c["name"] for c in dataset_categories[:5])
+        raise UserError(
+            f"the checkpoint's categories ({len(model_categories)}: {mine}, ...) are not those of "
+            f"dataset {dataset_name!r} ({len(dataset_categories)}: {theirs}, ...); evaluate it on "
+            "the dataset it was trained on (--data), or fine-tune it there first"
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -50,12 +50,12 @@ def test_weight_decay_only_on_kernels():
     assert np.allclose(updates["conv"]["bias"], 0.0) and np.allclose(updates["norm"]["scale"], 0.0)
 
 
-def _loss(params, batch, rng):
+def _loss(params, constants, batch, rng):
     """Per-image noisy regression: uses the step key per image, as the model's
     samplers do, so the 8- vs 1-device check covers the RNG too."""
     keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(batch["index"])
     noise = jax.vmap(lambda k: jax.random.normal(k, (3,)))(keys)
-    pred = jnp.tanh(batch["x"] @ params["w"] + params["b"]) + 0.01 * noise
+    pred = jnp.tanh(batch["x"] @ params["w"] + params["b"] + constants["shift"]) + 0.01 * noise
     loss = jnp.mean((pred - batch["y"]) ** 2)
     return loss, {"mse": loss}
 
@@ -67,7 +67,7 @@ def _run(devices, steps=4, batch=16):
     tx = make_optimizer(cfg)
     mesh = make_mesh(devices)
     step = make_train_step(_loss, tx, mesh, learning_rate(cfg))
-    state = jax.device_put(init_state(params, tx, seed=0), jax.sharding.NamedSharding(
+    state = jax.device_put(init_state(params, tx, seed=0, constants={"shift": jnp.full((3,), 0.1)}), jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))  # fmt: skip
     for i in range(steps):
         data = {
