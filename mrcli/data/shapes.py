@@ -76,14 +76,15 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def render(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def render(seed: int, split: str, index: int, size: int,
+           max_shapes: int = MAX_SHAPES) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image [h, w, 3] uint8 and its instances [(class 1..4, visible mask [h, w] bool)]."""
     rng = np.random.default_rng([seed, _SPLIT_CODES.get(split, 3), index])
     long_side = size
     short_side = int(rng.integers(int(0.75 * size), size + 1))
     h, w = (short_side, long_side) if rng.random() < 0.5 else (long_side, short_side)
     img = _background(rng, h, w)
-    n = 0 if rng.random() < 0.03 else int(rng.integers(1, MAX_SHAPES + 1))
+    n = 0 if rng.random() < 0.03 else int(rng.integers(1, max_shapes + 1))
     full: list[np.ndarray] = []
     visible: list[np.ndarray] = []
     classes: list[int] = []
@@ -112,8 +113,8 @@ def render(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, li
     return rgb, list(zip(classes, visible))
 
 
-def make_example(seed: int, split: str, index: int, size: int) -> Example:
-    rgb, instances = render(seed, split, index, size)
+def make_example(seed: int, split: str, index: int, size: int, max_shapes: int = MAX_SHAPES) -> Example:
+    rgb, instances = render(seed, split, index, size, max_shapes)
     h, w = rgb.shape[:2]
     data = imagelib.encode_jpeg(rgb, quality=92)
     rles = [masklib.encode(m) for _, m in instances]
