@@ -58,8 +58,19 @@ same bucket at every step. Eval: every image exactly once, in storage order
 within each bucket; each bucket's last global batch is padded (is_padding).
 
 Batch k is a pure function of (dataset, config, seed, k, process), so the
-iterator state is just {"step": k}: `BatchIterator.get_state()` /
-`set_state()` restore the exact next batch, for any number of workers.
+iterator state is just {"step": k} (plus the seed, batch size and split
+size it belongs to, checked on restore): store `it.get_state()` in the
+checkpoint's JSON record and call `set_state()` on a new iterator to get the
+exact next batch, with any number of workers.
+
+Usage::
+
+    ds = find_dataset(cfg.data.dataset, data_dir)       # mrcli.data.store
+    ds.check_num_classes(cfg.model.num_classes)
+    with train_batches(cfg, ds) as it:                  # endless; it.set_state(saved)
+        batch = next(it)
+    for batch in eval_batches(cfg, ds):                 # finite; len() = batches left
+        ...
 """
 
 from __future__ import annotations

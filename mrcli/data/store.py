@@ -136,6 +136,7 @@ class Dataset:
             )
         with np.load(self.path / INDEX_FILE) as z:
             self._index = {k: z[k] for k in z.files}
+        self._sources: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, splits={self.splits}, path={str(self.path)!r})"
@@ -186,7 +187,19 @@ class Dataset:
         import tensorflow_datasets as tfds
 
         self.check_split(split)
-        return tfds.builder_from_directory(str(self.path)).as_data_source(split=split)
+        if split not in self._sources:
+            self._sources[split] = tfds.builder_from_directory(str(self.path)).as_data_source(split=split)
+        return self._sources[split]
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """A UserError when a model's class count is not this dataset's."""
+        if num_classes != self.num_classes:
+            raise UserError(
+                f"model.num_classes is {num_classes} but dataset {self.name!r} has "
+                f"{self.num_classes} categories ({', '.join(self.class_names[1:6])}"
+                f"{', ...' if self.num_classes > 5 else ''}); use --set model.num_classes="
+                f"{self.num_classes}"
+            )
 
     def coco_ground_truth(self, split: str) -> dict[str, Any]:
         """The split as a COCO-format dict (images, annotations with RLE

@@ -165,6 +165,9 @@ def test_find_dataset_lists_what_exists(shapes_dataset, tmp_path):
     assert store.list_datasets(root) == ["shapes"]
     with pytest.raises(UserError, match="no split 'test'"):
         shapes_dataset.check_split("test")
+    shapes_dataset.check_num_classes(4)
+    with pytest.raises(UserError, match="model.num_classes is 80 .* --set model.num_classes=4"):
+        shapes_dataset.check_num_classes(80)
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
