@@ -383,13 +383,18 @@ def check_coco(
         facts_list = [inspect(im) for im in images]
 
     good: dict[int, tuple[dict, imagelib.ImageFacts]] = {}
+    # Images skipped for their file whose JSON gives a size: their annotations
+    # are still checked (against that size), so that one run lists everything.
+    json_sized: dict[int, tuple[int, int, dict]] = {}
     for im, facts in zip(images, facts_list):
         fname = str(images_dir / im["file_name"])
         iid = im["id"]
+        jh, jw = im.get("height"), im.get("width")
         if not facts.ok:
             report.add(facts.error_kind, fname, facts.error, image_id=iid)
+            if _is_int(jh) and _is_int(jw) and jh > 0 and jw > 0:
+                json_sized[iid] = (jh, jw, im)
             continue
-        jh, jw = im.get("height"), im.get("width")
         if (jh is not None or jw is not None) and (jh, jw) != (facts.height, facts.width):
             msg = (f"the JSON says {jw}x{jh} (width x height) but the file shows "
                    f"{facts.width}x{facts.height}")
@@ -437,13 +442,16 @@ def check_coco(
                        f"image_id {iid} is not among the images", iid, aid)
             skipped_anns += 1
             continue
-        if iid not in good:  # the image itself was skipped (reported above)
+        if iid in good:
+            im, facts = good[iid]
+            h, w = facts.height, facts.width
+        elif iid in json_sized:  # the image is skipped; still check the annotation
+            h, w, im = json_sized[iid]
+        else:  # the image is skipped and its size unknown (reported above)
             skipped_anns += 1
             continue
-        im, facts = good[iid]
-        h, w = facts.height, facts.width
         fname = str(images_dir / im["file_name"])
-        fatal = False
+        fatal = iid not in good
         if ann["category_id"] not in valid_ids:
             report.add("unknown_category", json_name,
                        f"category_id {ann['category_id']} is not among the categories "

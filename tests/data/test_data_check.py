@@ -278,3 +278,16 @@ def test_box_overhang_within_tolerance_is_clipped(tmp_path, capsys):
     code, out, err = _prepare(capsys, ann, imgs, data_dir)
     assert code == 0, err
     np.testing.assert_array_equal(_stored_image(data_dir, 2)["boxes"][0], [5, 5, 32, 25])
+
+
+def test_annotations_of_a_missing_image_are_still_checked(tmp_path, capsys):
+    """One run lists everything: a missing file does not hide its annotations' problems."""
+    def mutate(d, src):
+        (src / "imgs" / "im2.png").unlink()
+        d["annotations"][1]["bbox"] = [30.0, 30.0, 10.0, 10.0]
+
+    ann, imgs, data_dir = _setup(tmp_path, mutate)
+    code, out, err = _prepare(capsys, ann, imgs, data_dir, "--json")
+    assert code == 2
+    assert json.loads(out)["problems"]["counts"] == {"missing_image_file": 1, "box_outside_image": 1}
+    assert "leave out the 1 bad image(s) and 1 bad annotation(s)" in err
