@@ -3,6 +3,7 @@
     python benchmarks/roi_align.py                 # R=512 boxes, C=256, P2..P5 of an 800x1344 input
     python benchmarks/roi_align.py --rois 128 --sizes 14
     python benchmarks/roi_align.py --dense         # also the dense-matrix variant (slow, ~1 GB)
+    python benchmarks/roi_align.py --masks         # mask targets: crop_and_resize_masks
 
 Prints milliseconds per call (best of --repeat, after compilation) on whatever
 backend JAX picks. Variants, all exact RoIAlign (checked to agree):
@@ -19,9 +20,10 @@ backend JAX picks. Variants, all exact RoIAlign (checked to agree):
                   then a weighted reduction over the taps (XLA:CPU materialises
                   the gathered block)
   einsum          the same gather, reduced by two einsums (separable contraction)
-  fwd+bwd         value and gradient w.r.t. the features: mrcli's custom VJP (one
-                  scatter-add) against autodiff of concat+taps (a scatter per
-                  tap, summed through full-size buffers)
+  fwd+bwd         value and gradient w.r.t. the features: mrcli's custom VJP (a
+                  scatter-add per tap, in place, into one buffer of all levels)
+                  against autodiff of concat+taps (scatters summed through
+                  full-size buffers)
   dense (--dense) per box [out, H] and [out, W] interpolation matrices contracted
                   with the whole map (the "separable interpolation matrices"
                   alternative), on P3 (100x168) only, against mrcli on P3
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrcli.ops import roi_align as ra
+from mrcli.ops.masks import crop_and_resize_masks
 
 
 def _flat_levels(features, boxes):
@@ -129,6 +132,20 @@ mrcli_fwd_bwd = _value_and_grad(ra.multilevel_roi_align)
 autodiff_fwd_bwd = _value_and_grad(_concat_taps)
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def mask_targets(masks, boxes, matched, size):
+    return crop_and_resize_masks(masks, boxes, matched, size)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def mask_targets_copy_first(masks, boxes, matched, size):
+    """The naive form: gather each RoI's full mask [R, H, W] first."""
+    per_roi = masks[matched]  # [R, H, W]
+    return jax.vmap(lambda m, b: ra.roi_align(m[..., None], b[None], size, 1.0, 2)[0, ..., 0])(
+        per_roi.astype(jnp.float32), boxes
+    )
+
+
 @jax.jit
 def concat_only(features):
     return jnp.concatenate([f.reshape(-1, f.shape[-1]) for f in features])
@@ -155,7 +172,12 @@ def main():
     parser.add_argument("--sampling-ratio", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dense", action="store_true")
+    parser.add_argument("--masks", action="store_true", help="only the mask-target benchmark")
     args = parser.parse_args()
+
+    if args.masks:
+        bench_masks(args)
+        return
 
     rng = np.random.default_rng(0)
     image_h, image_w = args.image
@@ -208,6 +230,25 @@ def main():
             print(
                 f"  out={n:2d}  dense on P3 {ms:8.1f} ms   vs gather on P3 {ms_g:.1f} ms (max |diff| {err:.1e})"
             )
+
+
+def bench_masks(args):
+    """Mask targets for 128 foreground RoIs from 20 gt masks of the input size, 28x28."""
+    rng = np.random.default_rng(0)
+    image_h, image_w = args.image
+    n_gt, n_roi, size = 20, 128, 28
+    masks = jnp.asarray(rng.random((n_gt, image_h, image_w)) < 0.5)
+    side = np.exp(rng.uniform(np.log(16), np.log(600), (n_roi, 2)))
+    x1 = rng.uniform(0, image_w - side[:, 0])
+    y1 = rng.uniform(0, image_h - side[:, 1])
+    boxes = jnp.asarray(np.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], 1), jnp.float32)
+    matched = jnp.asarray(rng.integers(0, n_gt, n_roi), jnp.int32)
+    print(f"mask targets: {n_roi} rois, {n_gt} bool gt masks of {image_h}x{image_w}, {size}x{size}")
+    ms, first, ref = bench(mask_targets, masks, boxes, matched, size, repeat=args.repeat)
+    print(f"  crop_and_resize_masks      {ms:8.2f} ms   (first call {first:5.1f} s)")
+    ms, first, out = bench(mask_targets_copy_first, masks, boxes, matched, size, repeat=args.repeat)
+    err = float(jnp.max(jnp.abs(out - ref)))
+    print(f"  [R, H, W] copy, then align {ms:8.2f} ms   (first call {first:5.1f} s, max |diff| {err:.1e})")
 
 
 if __name__ == "__main__":

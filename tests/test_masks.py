@@ -38,7 +38,9 @@ def test_crop_matches_kernel_port(dtype):
     matched = rng.integers(0, n, len(boxes)).astype(np.int32)
     matched[[2, 5]] = [-1, n]  # unmatched / out of range: empty targets
     for aligned in (False, True):
-        ours = _crop(jnp.asarray(masks.astype(dtype)), jnp.asarray(boxes), jnp.asarray(matched), size=size, aligned=aligned)
+        ours = _crop(
+            jnp.asarray(masks.astype(dtype)), jnp.asarray(boxes), jnp.asarray(matched), size=size, aligned=aligned
+        )
         assert ours.dtype == jnp.float32 and ours.shape == (len(boxes), size, size)
         ref = _crop_reference(masks.astype(np.float64), boxes, matched, size, aligned=aligned)
         np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-5, rtol=0)

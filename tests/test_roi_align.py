@@ -195,7 +195,9 @@ def test_bfloat16_features_float32_weights():
     feats_bf16 = jnp.asarray(feats, jnp.bfloat16)
     boxes = random_boxes(rng, 12, 9, 13)
     padded, n = _pad(boxes)
-    out = _jit_roi_align(feats_bf16, jnp.asarray(padded), jnp.float32(1.0), output_size=5, sampling_ratio=2, aligned=True)
+    out = _jit_roi_align(
+        feats_bf16, jnp.asarray(padded), jnp.float32(1.0), output_size=5, sampling_ratio=2, aligned=True
+    )
     assert out.dtype == jnp.bfloat16
     # Reference on the same (rounded) inputs: only the output rounding differs.
     ref = roi_align_reference(np.asarray(feats_bf16.astype(jnp.float32)), boxes, 5, 1.0, 2, True)
@@ -233,7 +235,8 @@ def test_multilevel_gradient_is_the_transpose_under_vmap():
     is the exact transpose of the forward, per level, batched with vmap."""
     rng = np.random.default_rng(11)
     image_h, image_w = 256, 320
-    feats = [jnp.stack([jnp.asarray(f) for f in fs]) for fs in zip(*[_pyramid(rng, image_h, image_w, 2) for _ in range(2)])]
+    pyramids = [_pyramid(rng, image_h, image_w, 2) for _ in range(2)]
+    feats = [jnp.stack([jnp.asarray(f) for f in fs]) for fs in zip(*pyramids)]  # L x [B, H, W, C]
     probe = [jnp.asarray(rng.standard_normal(f.shape), jnp.float32) for f in feats]
     side = np.exp(rng.uniform(np.log(8), np.log(300), (2, 12, 2)))
     side[:, :4] = np.array([20.0, 80.0, 300.0, 600.0])[:, None]  # one box per level P2..P5
@@ -371,9 +374,10 @@ def test_multilevel_matches_torchvision_multiscale_roi_align(tv):
     assert set(levels) == {2, 3, 4, 5}
 
     for output_size in (7, 14):
-        ours = jax.jit(multilevel_roi_align, static_argnums=2)([jnp.asarray(f) for f in feats], jnp.asarray(boxes), output_size)
+        pool = jax.jit(multilevel_roi_align, static_argnums=2)
+        ours = pool([jnp.asarray(f) for f in feats], jnp.asarray(boxes), output_size)
         pooler = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], output_size, sampling_ratio=2)
-        x = {f"p{i + 2}": torch.from_numpy(np.ascontiguousarray(np.moveaxis(f, -1, 0)))[None] for i, f in enumerate(feats)}
+        x = {f"p{i + 2}": torch.from_numpy(np.moveaxis(f, -1, 0).copy())[None] for i, f in enumerate(feats)}
         theirs = pooler(x, [torch.from_numpy(boxes)], [(image_h, image_w)]).numpy()
         np.testing.assert_allclose(np.asarray(ours), np.moveaxis(theirs, 1, -1), atol=1e-4, rtol=0)
 

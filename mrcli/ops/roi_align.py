@@ -30,37 +30,47 @@ sample count. Mask R-CNN's box and mask heads use 2 (torchvision
 No gradient flows into `boxes` (as in torchvision and Detectron2, whose
 backward only returns d/dfeatures); the features get the exact transpose.
 
-Algorithm and why (benchmarks/roi_align.py, 2-core x86 CPU, R=512 boxes,
-C=256, P2..P5 of 200x336 .. 25x42, float32, after compilation):
+Algorithm and why. The sample grid is separable: the y coordinates depend
+only on (ph, iy), the x coordinates only on (pw, ix), and so do the bilinear
+weights and the border rule (zero if y OR x is outside = a product of a y and
+an x validity). Per box and axis we compute the 2 * out * s neighbour indices
+(low/high of each sample) and weights (with the 1/s of the average and the
+validity folded in); the (2s)^2 "taps" of a bin pair a y neighbour with an x
+neighbour: these are exactly the 4 corners of each of its s x s sample
+points. Each tap is one gather of [R, out, out, C] rows (C contiguous, so
+coalesced on a GPU); the weighted sum of the taps is one XLA loop fusion that
+never materialises the neighbours. FPN levels stay separate arrays: each box
+gets its level's index/weights, the per-level results are stacked and indexed
+by level, and XLA fuses that into one loop that evaluates only the chosen
+level per output element (no concatenated copy of the pyramid, no L-fold
+work). The gradient (features only) is a custom VJP: a scatter-add per tap,
+in place, into one buffer of all levels, split back per level.
 
-The sample grid is separable: the y coordinates depend only on (ph, iy), the
-x coordinates only on (pw, ix), and so do the bilinear weights and the
-border rule (zero if y OR x is outside, i.e. a product of a y and an x
-validity). So per box we build, for each axis, the 2 * out * s neighbour
-indices (low/high for each sample) and their weights (with the 1/s of the
-average and the validity folded in), form the flat index of every
-(y-neighbour, x-neighbour) pair of the same bin, gather [R, out, out, 2s, 2s,
-C] and reduce it with the outer-product weights. XLA fuses the gather into
-the weighted reduction, so the [R, out, out, 2s, 2s, C] block is never
-materialised. Measured alternatives (same gathers, other reductions; and
-dense interpolation matrices):
+Measured (benchmarks/roi_align.py, 2-core x86 CPU shared with other jobs, so
++-50% noise; R=512, C=256, P2..P5 = 200x336 .. 25x42 of an 800x1344 input,
+sampling ratio 2, float32, ms per call after compilation):
 
-  (timings: benchmarks/roi_align.py; filled in below once measured)
+  variant                                             out=7    out=14
+  this module                                         10-20    70-85
+  levels concatenated into one buffer + the same taps  50-58   115-145
+    (the TPU Mask R-CNN layout; the 91 MB copy alone is 30-40 ms here)
+  one gather of [R, out, out, (2s)^2, C] + weighted sum 130-230  600-1100
+    (XLA:CPU materialises the gathered block)
+  the same gather, two einsums (separable contraction) 370-660  1360-1700
+  dense [out, H] / [out, W] interpolation matrices     380-720  880-3200
+    on P3 alone (taps on P3: 7-11 / 42-120 ms): R*out*H*W*C multiply-adds,
+    62 GFLOP and a 1.2 GB intermediate on P2
+  value + gradient, custom VJP / autodiff              310 / 600-650
+  mask head shape R=128, out=14: forward 21 ms, value + gradient ~300-600 ms
 
-The dense form (each box a product of two interpolation matrices with the
-whole map) needs R * out * H * W * C multiply-adds, ~62 GFLOP per call on P2,
-and a [R, out, W, C] intermediate (1.2 GB); it only pays for tiny maps.
-
-Multilevel: every box reads only its own FPN level. The levels are flattened
-into one [sum H_l W_l, C] buffer and each box gathers with its level's
-offset, height, width and scale, so the gather work is that of ONE RoIAlign
-(pooling every box on every level and selecting costs L times the gathers).
-This is the layout of the TPU Mask R-CNN's multilevel crop-and-resize.
+On a GPU the taps form is a single gather-FMA kernel per call (one read of
+R * out^2 * (2s)^2 rows of C, ~0.4 GB at out=7), the dense form would need
+tensor-core FLOPs but the same huge intermediate; not measured here (no GPU
+in this environment).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
@@ -219,16 +229,21 @@ def _gather_taps_fwd(maps, level, index, weight):
 
 
 def _gather_taps_bwd(res, ct):
-    # The transpose: ONE scatter-add of ct * weight into the concatenated maps
-    # (autodiff of the forward gives a scatter per tap and per map and sums
-    # full-size buffers between them: 2x slower on CPU).
+    # The transpose, written by hand: scatter-add ct * weight of each tap, in
+    # place, into one zero buffer holding all the maps, then split it. Autodiff
+    # of the forward scatters every tap into every map (the lazy level select
+    # transposes into L dense cotangents) and sums full-size buffers: 2-3x
+    # slower on CPU. One scatter per tap keeps the updates at [R, oh, ow, C]
+    # (a single scatter of all taps materialises [R, oh, ow, T, C], 0.4-1.6 GB
+    # at R=512, C=256, for the same speed).
     maps, level, index, weight = res
     rows = [m.shape[0] for m in maps]
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int32)
     flat_index = index + jnp.asarray(offsets)[level][:, None, None, None]
-    updates = ct.astype(jnp.float32)[..., None, :] * weight[..., None]  # [R, oh, ow, T, C]
+    ct = ct.astype(jnp.float32)
     grad = jnp.zeros((sum(rows), maps[0].shape[1]), jnp.float32)
-    grad = grad.at[flat_index].add(updates, mode="promise_in_bounds")
+    for t in range(index.shape[-1]):
+        grad = grad.at[flat_index[..., t]].add(ct * weight[..., t, None], mode="promise_in_bounds")
     parts = jnp.split(grad, np.cumsum(rows)[:-1]) if len(maps) > 1 else [grad]
     return tuple(g.astype(m.dtype) for g, m in zip(parts, maps)), None, None, None
 
