@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -218,6 +220,33 @@ def coco_layout(root: Path, year: int) -> dict[str, Path]:
     }
 
 
+def extract_zip(archive: Path, extract_dir: Path, progress: Progress = _no_progress) -> Path:
+    """Extract `archive` into EXTRACT_DIR/<archive stem> once (reused later).
+
+    Python's zipfile, not TFDS's extractor: that one needs TensorFlow
+    (tf.io.gfile). Extracted into a temporary directory and renamed, so a
+    half-extracted archive is never reused."""
+    target = extract_dir / archive.name.removesuffix(".zip")
+    if target.is_dir():
+        return target
+    extract_dir.mkdir(parents=True, exist_ok=True)
+    tmp = extract_dir / f".{target.name}.incomplete-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            advance = progress(f"extracting {archive.name}", len(members))
+            for member in members:
+                zf.extract(member, tmp)
+                advance()
+        os.rename(tmp, target)
+    except zipfile.BadZipFile as e:
+        raise UserError(f"{archive}: not a valid zip archive ({e}); delete it and run again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def prepare_coco(
     *,
     year: int = 2017,
@@ -232,7 +261,8 @@ def prepare_coco(
 ) -> PrepareResult:
     """COCO instances train/val of `year`, from `manual_dir` (an extracted
     COCO tree: annotations/instances_{train,val}YEAR.json, trainYEAR/, valYEAR/)
-    or downloaded with TFDS's download manager into DATA_DIR/downloads/coco."""
+    or downloaded with TFDS's download manager into DATA_DIR/downloads/coco
+    (its `download`; the archives are extracted with `extract_zip`)."""
     if year not in COCO_YEARS:
         raise UserError(f"--year {year}: COCO instances exist for {', '.join(map(str, COCO_YEARS))}")
     name = name or ("coco" if year == 2017 else f"coco{year}")
@@ -253,11 +283,13 @@ def prepare_coco(
             import tensorflow_datasets as tfds
 
             download_manager = tfds.download.DownloadManager(
-                download_dir=store.resolve_data_dir(data_dir) / "downloads" / "coco",
+                download_dir=store.resolve_data_dir(data_dir) / "downloads",  # + /coco
                 dataset_name="coco",
             )
         urls = coco_urls(year)
-        paths = {k: Path(os.fspath(v)) for k, v in download_manager.download_and_extract(urls).items()}
+        archives = download_manager.download(urls)
+        extract_dir = store.resolve_data_dir(data_dir) / "downloads" / "coco" / "extracted"
+        paths = {k: extract_zip(Path(os.fspath(v)), extract_dir, progress) for k, v in archives.items()}
         layout = {
             "train_annotations": paths["annotations"] / "annotations" / f"instances_train{year}.json",
             "val_annotations": paths["annotations"] / "annotations" / f"instances_val{year}.json",

@@ -231,15 +231,28 @@ def test_coco_manual_dir_and_download(tmp_path):
     assert r.written and r.name == "coco" and set(r.record["splits"]) == {"train", "val"}
     assert r.record["source"]["kind"] == "coco"
 
-    class FakeDownloadManager:
-        def download_and_extract(self, urls):
+    import zipfile
+
+    archives = {}
+    for key, parts in (("train_images", ["train2017"]), ("val_images", ["val2017"]),
+                       ("annotations", ["annotations"])):
+        archives[key] = tmp_path / f"{key}.zip"
+        with zipfile.ZipFile(archives[key], "w") as zf:
+            for part in parts:
+                for f in sorted((root / part).rglob("*")):
+                    zf.write(f, f.relative_to(root))
+
+    class FakeDownloadManager:  # TFDS's DownloadManager.download, without the network
+        def download(self, urls):
             assert set(urls) == {"train_images", "val_images", "annotations"}
             assert urls["annotations"].endswith("annotations_trainval2017.zip")
-            return {"train_images": root, "val_images": root, "annotations": root}
+            return archives
 
     r2 = prepare_coco(data_dir=tmp_path / "data", name="coco_dl",
                       download_manager=FakeDownloadManager())
     assert r2.record["fingerprint"] == r.record["fingerprint"]
+    extracted = tmp_path / "data" / "downloads" / "coco" / "extracted"
+    assert sorted(p.name for p in extracted.iterdir()) == ["annotations", "train_images", "val_images"]
     with pytest.raises(UserError, match=r"missing .*instances_train2014.json"):
         prepare_coco(year=2014, manual_dir=root, data_dir=tmp_path / "data")
     with pytest.raises(UserError, match="--year 2015"):
