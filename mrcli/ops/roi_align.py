@@ -46,22 +46,26 @@ level per output element (no concatenated copy of the pyramid, no L-fold
 work). The gradient (features only) is a custom VJP: a scatter-add per tap,
 in place, into one buffer of all levels, split back per level.
 
-Measured (benchmarks/roi_align.py, 2-core x86 CPU shared with other jobs, so
-+-50% noise; R=512, C=256, P2..P5 = 200x336 .. 25x42 of an 800x1344 input,
-sampling ratio 2, float32, ms per call after compilation):
+Measured (benchmarks/roi_align.py, 2-core x86 CPU shared with other jobs:
+ranges over runs, the high ends under load; R=512, C=256, P2..P5 = 200x336 ..
+25x42 of an 800x1344 input, sampling ratio 2, float32, ms per call after
+compilation):
 
   variant                                             out=7    out=14
-  this module                                         10-20    70-85
-  levels concatenated into one buffer + the same taps  50-58   115-145
-    (the TPU Mask R-CNN layout; the 91 MB copy alone is 30-40 ms here)
-  one gather of [R, out, out, (2s)^2, C] + weighted sum 130-230  600-1100
+  this module                                         10-25    70-125
+  levels concatenated into one buffer + the same taps  50-115  115-185
+    (the TPU Mask R-CNN layout; the 91 MB copy alone takes 30-80 ms here)
+  one gather of [R, out, out, (2s)^2, C] + weighted sum 130-430  600-1500
     (XLA:CPU materialises the gathered block)
-  the same gather, two einsums (separable contraction) 370-660  1360-1700
+  the same gather, two einsums (separable contraction) 370-960  1360-2650
   dense [out, H] / [out, W] interpolation matrices     380-720  880-3200
     on P3 alone (taps on P3: 7-11 / 42-120 ms): R*out*H*W*C multiply-adds,
     62 GFLOP and a 1.2 GB intermediate on P2
-  value + gradient, custom VJP / autodiff              310 / 600-650
-  mask head shape R=128, out=14: forward 21 ms, value + gradient ~300-600 ms
+  value + gradient, custom VJP                        310-770  1000-1900
+  value + gradient, autodiff of the concatenated form  580-1380 1150-2250
+  mask head shape R=128, out=14: forward 12-21 ms, value + gradient 280-600
+    (autodiff 880-920); the backward is bound by passes over the 91 MB
+    gradient buffer (zeroing, 16 scatters, the split into levels)
 
 On a GPU the taps form is a single gather-FMA kernel per call (one read of
 R * out^2 * (2s)^2 rows of C, ~0.4 GB at out=7), the dense form would need
