@@ -1,0 +1,191 @@
+"""The few parameter holders the model is built from: conv, linear, 2x2 deconv, norms.
+
+Modules hold parameters only; their `__call__` is plain jax.lax arithmetic on
+NHWC activations with HWIO kernels (PyTorch OIHW kernels are transposed on
+import, mrcli/weights.py). Padding is explicit and symmetric, as PyTorch's
+`padding=k // 2`, so a stride-2 conv sees the same pixels as torchvision's
+(XLA's "SAME" pads a stride-2 conv on an even input only at the end).
+
+Variable types say what training does with a value:
+  nnx.Param  trainable weight;
+  Frozen     weight of a frozen stage (`model.freeze_at`): a parameter of the
+             model (counted, checkpointed) that the optimiser never sees;
+  Constant   frozen BatchNorm folded to `x * scale + bias` (torchvision's
+             FrozenBatchNorm2d buffers, Detectron2's FrozenBatchNorm2d): not a
+             parameter.
+Train code takes gradients over `nnx.Param` only.
+
+Mixed precision: kernels are stored float32 and cast to the module's compute
+`dtype` (float32 or bfloat16) at use; norms compute their statistics in float32.
+
+Dimension key: B batch, H/W height/width, C input channels, O output channels,
+R rois.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+class Frozen(nnx.Variable):
+    """A weight of a frozen stage: part of the model, never updated."""
+
+
+class Constant(nnx.Variable):
+    """A constant of the model that is not a parameter (folded frozen BatchNorm)."""
+
+
+def variable_type(trainable: bool) -> type[nnx.Variable]:
+    return nnx.Param if trainable else Frozen
+
+
+# Initialisers (Detectron2's weight_init, as torchvision's detection heads):
+# He et al. 2015 "msra" fill for convs followed by ReLU: normal, std sqrt(2 / fan_out).
+he_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Caffe2 "xavier" fill = kaiming_uniform(a=1): uniform, bound sqrt(3 / fan_in)
+# (Detectron2 c2_xavier_fill; torchvision's FPN convs).
+c2_xavier = jax.nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+
+
+def normal(std: float):
+    return jax.nn.initializers.normal(std)
+
+
+class Conv(nnx.Module):
+    """k x k convolution, PyTorch padding k // 2, optional bias."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        bias: bool = True,
+        init=he_fan_out,
+        trainable: bool = True,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        var = variable_type(trainable)
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = var(init(rngs.params(), shape, jnp.float32))
+        self.bias = var(jnp.zeros((out_features,), jnp.float32)) if bias else None
+        self.stride = stride
+        self.padding = kernel_size // 2
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:  # [B,H,W,C] -> [B,H/s,W/s,O]
+        p = self.padding
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Linear(nnx.Module):
+    """x @ W + b with W [C, O]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init=c2_xavier,
+        trainable: bool = True,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        var = variable_type(trainable)
+        self.kernel = var(init(rngs.params(), (in_features, out_features), jnp.float32))
+        self.bias = var(jnp.zeros((out_features,), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:  # [..., C] -> [..., O]
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return y + self.bias[...].astype(self.dtype)
+
+
+class Deconv2x2(nnx.Module):
+    """2 x 2 transposed convolution with stride 2 (Mask R-CNN's mask upsampling).
+
+    The windows do not overlap, so output pixel (2i + a, 2j + b) is
+    x[i, j] @ W[a, b] + bias: an einsum, with PyTorch's ConvTranspose2d kernel
+    layout [C, O, a, b] (no spatial flip) mapping to W[a, b, C, O].
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init=he_fan_out,
+        trainable: bool = True,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        var = variable_type(trainable)
+        # fan_out of a stride-2 2x2 deconv = O * 4, as Caffe2's msra fill counts it.
+        self.kernel = var(init(rngs.params(), (2, 2, in_features, out_features), jnp.float32))
+        self.bias = var(jnp.zeros((out_features,), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:  # [R,H,W,C] -> [R,2H,2W,O]
+        r, h, w, _ = x.shape
+        k = self.kernel[...].astype(self.dtype)
+        y = jnp.einsum("rhwc,abco->rhawbo", x.astype(self.dtype), k)
+        y = y.reshape(r, 2 * h, 2 * w, k.shape[-1])
+        return y + self.bias[...].astype(self.dtype)
+
+
+class FrozenBN(nnx.Module):
+    """Frozen BatchNorm as constants: y = x * scale + bias, with
+    scale = gamma / sqrt(var + eps) and bias = beta - mean * scale folded on import
+    (torchvision FrozenBatchNorm2d, eps 1e-5). A fresh model is the identity."""
+
+    def __init__(self, features: int, **_):
+        self.scale = Constant(jnp.ones((features,), jnp.float32))
+        self.bias = Constant(jnp.zeros((features,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:  # [B,H,W,C]
+        return x * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+def group_norm_groups(features: int) -> int:
+    """32 groups (Wu & He 2018, "Group Normalization", §3.1) where the channels allow,
+    at least 4 channels per group for the narrow CPU backbones."""
+    groups = min(32, max(1, features // 4))
+    while features % groups:
+        groups -= 1
+    return groups
+
+
+class GroupNorm(nnx.Module):
+    """Group normalisation (Wu & He 2018) with a learned affine; statistics in float32.
+    Trains from scratch at any batch size, where frozen BatchNorm cannot."""
+
+    def __init__(self, features: int, *, trainable: bool = True, eps: float = 1e-5, **_):
+        var = variable_type(trainable)
+        self.scale = var(jnp.ones((features,), jnp.float32))
+        self.bias = var(jnp.zeros((features,), jnp.float32))
+        self.groups = group_norm_groups(features)
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:  # [B,H,W,C]
+        b, h, w, c = x.shape
+        g = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
+        mean = g.mean(axis=(1, 2, 4), keepdims=True)
+        var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        y = g.reshape(b, h, w, c) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)

@@ -1,0 +1,243 @@
+"""Mask R-CNN (He et al. 2017): the module tree and the two pure entry points.
+
+    model, state = create(cfg, seed)          # Model (static), nnx.State (arrays)
+    loss, metrics = model.loss(state, batch, rng)
+    dets = model.detect(state, images, image_info)
+
+`MaskRCNN` (an NNX module) only holds the layers. Everything else (anchors,
+proposals, matching, sampling, RoIAlign, losses, post-processing) is a pure
+function of one image, vmapped over the batch, with shapes fixed by the
+config and the input size (DESIGN.md §2).
+
+`Model` is the static half (config + graphdef, hashable) and `state` the
+array half (nnx.State of Param / Frozen / Constant variables, see layers.py).
+Training differentiates only the `nnx.Param` part: `split_params(state)` and
+`Model.loss_fn(constants)` give the `(params, batch, rng)` form that
+mrcli.train.make_train_step takes.
+
+Batch (a dict of arrays; DESIGN.md §4):
+  image [B,H,W,3] float32, normalised, zero-padded to the bucket
+  image_info [B,5] float32 (orig_h, orig_w, scale, resized_h, resized_w)
+  gt_boxes [B,N,4] float32 xyxy input pixels; gt_classes [B,N] int32 1..K
+  gt_masks [B,N,G,G] uint8, each gt's mask cropped to its box, G x G
+  gt_valid [B,N] bool; gt_crowd [B,N] bool (optional: ignore regions)
+  is_padding [B] bool (optional: contributes nothing)
+Detections: boxes [B,D,4] (input pixels), scores [B,D], classes [B,D] int32
+(1..K), masks [B,D,M,M] float32 probabilities of the detected class's mask in
+the box (M = 28), valid [B,D].
+
+Dimension key: B batch, H/W padded input size, N gt, G gt mask crop side,
+A anchors, P proposals, S sampled RoIs, F mask slots, D detections,
+K foreground classes, M mask side, C channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mrcli.config import ModelConfig
+from mrcli.model import losses, roi_heads, rpn
+from mrcli.model.backbone import ResNet
+from mrcli.model.fpn import FPN
+from mrcli.model.heads import BoxHead, MaskHead, RPNHead, UNetMaskHead
+from mrcli.ops.roi_align import multilevel_roi_align
+
+Array = jax.Array
+
+
+class MaskRCNN(nnx.Module):
+    """The layers: backbone, FPN, RPN head, box head and (unless box-only) a mask head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.backbone = ResNet(cfg, rngs=rngs)
+        self.fpn = FPN(cfg, rngs=rngs)
+        self.rpn = RPNHead(cfg, rngs=rngs)
+        self.box_head = BoxHead(cfg, rngs=rngs)
+        if not cfg.masks:
+            self.mask_head = None
+        elif cfg.mask_head == "unet":
+            self.mask_head = UNetMaskHead(cfg, rngs=rngs)
+        else:
+            self.mask_head = MaskHead(cfg, rngs=rngs)
+
+    def __call__(self, images: Array) -> tuple[Array, ...]:
+        """[B,H,W,3] -> P2..P6, [B,H/4,W/4,C] .. [B,H/64,W/64,C]."""
+        return self.fpn(self.backbone(images))
+
+
+def split_params(state: nnx.State) -> tuple[nnx.State, nnx.State]:
+    """(trainable nnx.Param, everything else: frozen weights and constants)."""
+    return nnx.split_state(state, nnx.Param, ...)
+
+
+def merge_params(params: nnx.State, constants: nnx.State) -> nnx.State:
+    return nnx.merge_state(params, constants)
+
+
+def _pool(cfg: ModelConfig, feats, boxes: Array, size: int) -> Array:
+    """Per image multilevel RoIAlign on P2..P5: boxes [B,R,4] -> [B,R,size,size,C]."""
+    return jax.vmap(
+        lambda f, b: multilevel_roi_align(
+            f, b, size, sampling_ratio=cfg.roi_sampling_ratio, aligned=cfg.aligned
+        )
+    )(list(feats[:4]), boxes)
+
+
+def _heads_batched(fn, x: Array):
+    """Run a per-RoI head on [B,R,...] as one [B*R,...] batch."""
+    b, r = x.shape[:2]
+    out = fn(x.reshape(b * r, *x.shape[2:]))
+    return jax.tree.map(lambda y: y.reshape(b, r, *y.shape[1:]), out)
+
+
+def _class_masks(mask_logits: Array, classes: Array) -> Array:
+    """[B,R,M,M,K+1] logits, [B,R] class -> [B,R,M,M] logits of that class."""
+    idx = classes[:, :, None, None, None].astype(jnp.int32)
+    return jnp.take_along_axis(mask_logits, idx, axis=-1)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """The static half of a model: its config and NNX graph definition.
+    Methods are pure functions of the state; jit them (Model is hashable)."""
+
+    cfg: ModelConfig
+    graphdef: Any
+
+    def module(self, state: nnx.State) -> MaskRCNN:
+        return nnx.merge(self.graphdef, state)
+
+    # --- inference ------------------------------------------------------------------
+
+    def detect(
+        self, state: nnx.State, images: Array, image_info: Array, extras: bool = False
+    ) -> dict[str, Array]:
+        """images [B,H,W,3], image_info [B,5] -> detections (see the module docstring).
+        With `extras` (static) also features (P2..P6) and the RPN proposals."""
+        cfg = self.cfg
+        net = self.module(state)
+        b, h, w, _ = images.shape
+        feats = net(images)
+        obj, deltas = net.rpn(feats)
+        anchors, layout = rpn.anchors_for(cfg, (h, w))
+        image_hw = image_info[:, 3:5].astype(jnp.float32)
+        props, pscores, pvalid = jax.vmap(
+            lambda o, d, hw: rpn.proposals(cfg, o, d, anchors, layout, hw, training=False)
+        )(obj, deltas, image_hw)  # [B,P,4], [B,P], [B,P]
+        cls_logits, box_deltas = _heads_batched(
+            net.box_head, _pool(cfg, feats, props, cfg.box_pool_size)
+        )
+        dets = jax.vmap(lambda *a: roi_heads.detections(cfg, *a))(
+            props, pvalid, cls_logits, box_deltas, image_hw
+        )
+        if net.mask_head is not None:
+            mask_logits = _heads_batched(
+                net.mask_head, _pool(cfg, feats, dets["boxes"], cfg.mask_pool_size)
+            )  # [B,D,M,M,K+1]
+            dets["masks"] = jax.nn.sigmoid(_class_masks(mask_logits, dets["classes"]))
+        if extras:
+            dets["features"] = tuple(f.astype(jnp.float32) for f in feats)
+            dets["proposals"] = props
+            dets["proposal_scores"] = pscores
+            dets["proposal_valid"] = pvalid
+        return dets
+
+    # --- training -------------------------------------------------------------------
+
+    def loss(
+        self, state: nnx.State, batch: dict[str, Array], rng: Array
+    ) -> tuple[Array, dict[str, Array]]:
+        """Training loss of a batch and its metrics (each loss term, fg fractions,
+        RoI classification accuracy), all float32 scalars."""
+        cfg = self.cfg
+        net = self.module(state)
+        images = batch["image"]
+        b, h, w, _ = images.shape
+        gt_boxes = batch["gt_boxes"].astype(jnp.float32)
+        gt_valid = batch["gt_valid"].astype(bool)
+        crowd = batch.get("gt_crowd")
+        crowd = jnp.zeros_like(gt_valid) if crowd is None else crowd.astype(bool) & gt_valid
+        gt_target = gt_valid & ~crowd
+        gt_classes = batch["gt_classes"].astype(jnp.int32)
+        image_hw = batch["image_info"][:, 3:5].astype(jnp.float32)
+        keys = jax.random.split(rng, (b, 2))
+
+        feats = net(images)
+        obj, deltas = net.rpn(feats)  # [B,A], [B,A,4]
+        anchors, layout = rpn.anchors_for(cfg, (h, w))
+
+        def per_image(o, d, hw, boxes, classes, target, crowd_i, key):
+            t = rpn.targets(cfg, anchors, boxes, target, crowd_i, key[0])
+            rpn_sums = losses.rpn_terms(
+                o[t["index"]], d[t["index"]], t["label"], t["valid"], t["box_target"],
+                cfg.smooth_l1_beta,
+            )
+            props, _, pvalid = rpn.proposals(cfg, o, d, anchors, layout, hw, training=True)
+            s = roi_heads.sample_rois(cfg, props, pvalid, boxes, classes, target, crowd_i, key[1])
+            return rpn_sums, s
+
+        terms, samples = jax.vmap(per_image)(
+            obj, deltas, image_hw, gt_boxes, gt_classes, gt_target, crowd, keys
+        )
+        cls_logits, box_deltas = _heads_batched(
+            net.box_head, _pool(cfg, feats, samples["rois"], cfg.box_pool_size)
+        )
+        terms.update(
+            jax.vmap(
+                lambda *a: losses.box_terms(*a, beta=cfg.smooth_l1_beta)
+            )(cls_logits, box_deltas, samples["cls_target"], samples["valid"], samples["box_target"])
+        )
+        if net.mask_head is not None:
+            f = min(cfg.mask_fg_slots, cfg.roi_batch_per_image)
+            rois = samples["rois"][:, :f]  # positives come first
+            mvalid = samples["fg"][:, :f]
+            mask_logits = _heads_batched(
+                net.mask_head, _pool(cfg, feats, rois, cfg.mask_pool_size)
+            )
+            mask_logits = _class_masks(mask_logits, samples["cls_target"][:, :f])
+            m = mask_logits.shape[-1]
+            targets = jax.vmap(
+                lambda gm, gb, mg, r: roi_heads.mask_targets(gm, gb, mg, r, m, cfg.roi_sampling_ratio)
+            )(batch["gt_masks"], gt_boxes, samples["matched_gt"][:, :f], rois)
+            terms.update(jax.vmap(losses.mask_terms)(mask_logits, targets, mvalid))
+        if "is_padding" in batch:
+            keep = 1.0 - batch["is_padding"].astype(jnp.float32)
+            terms = {k: v * keep for k, v in terms.items()}
+        return losses.combine(terms, masks=net.mask_head is not None)
+
+    def loss_fn(self, constants: nnx.State):
+        """`(params, batch, rng) -> (loss, metrics)` over the trainable params, with the
+        frozen weights and constants fixed (mrcli.train.make_train_step's LossFn)."""
+
+        def fn(params, batch, rng):
+            return self.loss(merge_params(params, constants), batch, rng)
+
+        return fn
+
+
+def create(cfg: ModelConfig, seed: int = 0) -> tuple[Model, nnx.State]:
+    """A freshly initialised model: (Model, state)."""
+    graphdef, state = nnx.split(MaskRCNN(cfg, rngs=nnx.Rngs(seed)))
+    return Model(cfg, graphdef), state
+
+
+def abstract(cfg: ModelConfig) -> tuple[Model, nnx.State]:
+    """(Model, state of jax.ShapeDtypeStruct), without allocating or computing anything."""
+    module = nnx.eval_shape(lambda: MaskRCNN(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(module)
+    return Model(cfg, graphdef), state
+
+
+def count_parameters(state: nnx.State) -> int:
+    """Number of weights (trainable and frozen), not counting frozen-BN constants,
+    as torchvision counts `parameters()` (its FrozenBatchNorm2d holds buffers)."""
+    from mrcli.model.layers import Constant, Frozen
+
+    params = nnx.filter_state(state, nnx.Param, Frozen)
+    del Constant
+    return sum(int(x.size) for x in jax.tree.leaves(params))
