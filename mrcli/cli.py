@@ -413,5 +413,215 @@ def show(
         _print_json([str(p) for p in paths])
 
 
+# --- train ---------------------------------------------------------------------------
+
+
+_Sets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config field: --set section.field=value (repeatable)."),
+]
+
+
+def _enable_compilation_cache() -> None:
+    """Reuse compiled programs across runs (a resumed run, eval after train):
+    JAX's persistent cache in $JAX_COMPILATION_CACHE_DIR, else ~/.cache/mrcli/jax."""
+    import os
+
+    import jax
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser("~/.cache/mrcli/jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+class _TrainProgress:
+    """The train loop's reports as a rich progress bar and log lines on stderr."""
+
+    def __init__(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
+
+        self.bar = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=err,
+        )  # fmt: skip
+        self.task = None
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "start":
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=data["steps"], completed=data["step"],
+                                          info="compiling...")  # fmt: skip
+            self.bar.console.print(
+                f"training on {data['devices']} device(s), {data['processes']} process(es)"
+                + (f", resumed at step {data['step']}" if data["resumed"] else "")
+            )
+        elif kind == "step" and self.task is not None:
+            losses = " ".join(
+                f"{k.removeprefix('loss_')}={v:.3f}" for k, v in data.items()
+                if k.startswith("loss_")
+            )  # fmt: skip
+            info = (f"loss={data['loss']:.3f} ({losses}) lr={data['lr']:.2e} "
+                    f"{data['images_per_s']:.1f} img/s")  # fmt: skip
+            self.bar.update(self.task, completed=data["step"], info=info)
+        elif kind == "eval":
+            self.bar.console.print(
+                f"step {data['step']}: box AP {data.get('bbox_AP', float('nan')):.3f}, "
+                f"mask AP {data.get('segm_AP', float('nan')):.3f}"
+            )
+        elif kind == "checkpoint":
+            self.bar.console.print(f"checkpoint at step {data['step']}", style="dim")
+        elif kind == "message":
+            self.bar.console.print(data["text"])
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def train(
+    workdir: Annotated[str, typer.Option("--workdir", help="Run directory: checkpoints, metrics.")],
+    recipe: Annotated[
+        Optional[str],
+        typer.Option("--recipe", help="Recipe (see `mrcli recipes`); default: the run's own "
+                     "config when resuming, else the defaults."),
+    ] = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="Prepared dataset name (sets data.dataset).")
+    ] = None,
+    sets: _Sets = None,
+    init_from: Annotated[
+        Optional[str],
+        typer.Option("--init-from", help="Start from these weights (a `mrcli weights import` "
+                     "directory: a backbone or a full model)."),
+    ] = None,
+    distributed: Annotated[
+        bool, typer.Option("--distributed", help="Join a multi-host run (jax.distributed); "
+                           "automatic on SLURM and TPU pods.")
+    ] = False,
+    data_dir: _DataDir = None,
+    as_json: _Json = False,
+) -> None:
+    """Train Mask R-CNN on a prepared dataset, on all devices; resume where it stopped.
+
+    Running the same command on an existing workdir resumes it exactly.
+    SIGTERM / Ctrl-C finish the step, save a checkpoint and exit 0.
+
+    Examples:
+
+      mrcli train --recipe tiny --data shapes --workdir runs/tiny
+
+      mrcli train --recipe r101_fpn --data coco --workdir runs/r101 --set train.global_batch=32
+    """
+    import json as json_lib
+    from pathlib import Path
+
+    from mrcli import train as train_lib
+
+    train_lib.maybe_initialize_distributed(distributed)
+    _enable_compilation_cache()
+    run_json = Path(workdir).expanduser() / train_lib.RUN_RECORD
+    if recipe is None and run_json.is_file():
+        cfg = config_lib.from_dict(json_lib.loads(run_json.read_text())["config"])
+        cfg = config_lib.override(cfg, config_lib.parse_sets(sets or []))
+    else:
+        cfg = config_lib.resolve(recipe, sets or [])
+    if data:
+        cfg = config_lib.override(cfg, {"data.dataset": data})
+    progress = _TrainProgress()
+    try:
+        result = train_lib.train(cfg, workdir, data_dir=data_dir, init_from=init_from,
+                                 report=progress)  # fmt: skip
+    finally:
+        progress.stop()
+    err.print(f"{result.reason}: step {result.step}, last checkpoint "
+              f"{result.last_checkpoint}, workdir {workdir}")  # fmt: skip
+    if as_json:
+        _print_json({"step": result.step, "reason": result.reason,
+                     "last_checkpoint": result.last_checkpoint,
+                     "metrics": result.metrics, "eval": result.eval})  # fmt: skip
+
+
+# --- eval ----------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_cmd(
+    workdir: Annotated[
+        Optional[str], typer.Option("--workdir", help="A training run's directory.")
+    ] = None,
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
+                     "directory (`mrcli weights import`)."),
+    ] = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="Dataset (default: the model's own).")
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option("--split", help="Split (default: data.eval_split).")
+    ] = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option("--out", help="Where to write detections.json, bbox.json, segm.json "
+                     "(default: WORKDIR/eval, else ./eval)."),
+    ] = None,
+    max_images: Annotated[
+        Optional[int], typer.Option("--max-images", help="Evaluate the first N images only.")
+    ] = None,
+    sets: _Sets = None,
+    data_dir: _DataDir = None,
+    as_json: _Json = False,
+) -> None:
+    """COCO box and mask AP of a trained model on a dataset split (pycocotools).
+
+    Examples:
+
+      mrcli eval --workdir runs/tiny
+
+      mrcli eval --workdir runs/r101 --checkpoint last --split val --json
+
+      mrcli eval --checkpoint imported/ --data coco
+    """
+    from mrcli.evaluate import run_eval
+
+    _enable_compilation_cache()
+    result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split, out=out,
+                      max_images=max_images, sets=sets or [], data_dir=data_dir)  # fmt: skip
+    _print_eval(result)
+    if as_json:
+        _print_json({"num_images": result.num_images, "results": str(result.results_path),
+                     **result.summary()})  # fmt: skip
+
+
+def _print_eval(result: Any) -> None:
+    from mrcli.evaluate import STAT_NAMES
+
+    kinds = [r for r in (result.bbox, result.segm) if r is not None]
+    table = Table(title=f"COCO eval, {result.num_images} images")
+    table.add_column("")
+    for r in kinds:
+        table.add_column(r.iou_type, justify="right")
+    for name in STAT_NAMES:
+        # COCOeval reports -1 where the split has no ground truth of that size.
+        table.add_row(name, *(f"{r.stats[name]:.3f}" if r.stats[name] >= 0 else "-" for r in kinds))
+    err.print(table)
+    classes = Table(title="AP per class")
+    classes.add_column("category")
+    for r in (result.bbox, result.segm):
+        if r is not None:
+            classes.add_column(r.iou_type, justify="right")
+    names = result.category_names
+    for cat_id in result.bbox.per_class_ap:
+        row = [f"{names.get(cat_id, cat_id)} ({cat_id})"]
+        for r in (result.bbox, result.segm):
+            if r is not None:
+                row.append(f"{r.per_class_ap[cat_id]:.3f}")
+        classes.add_row(*row)
+    err.print(classes)
+    err.print(f"results: {result.results_path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

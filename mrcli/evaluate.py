@@ -212,6 +212,7 @@ class DatasetEval:
     segm: EvalResult | None  # None for a box-only model
     num_images: int
     results_path: Path  # the COCO results file (dataset category ids)
+    category_names: dict[int, str]  # dataset category id -> name
 
     def summary(self) -> dict[str, float]:
         """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each)."""
@@ -248,7 +249,9 @@ def evaluate_model(
 
     categories = categories if categories is not None else dataset.categories
     check_categories(categories, dataset.categories, dataset.name)
-    dataset_ids = [0] + [c["id"] for c in sorted(categories, key=lambda c: c["contiguous_id"])]
+    dataset_ids = [0] * (1 + max(c["contiguous_id"] for c in categories))
+    for c in categories:
+        dataset_ids[c["contiguous_id"]] = c["id"]
     mesh = mesh if mesh is not None else make_mesh()
     n_dev = mesh.devices.size
     batch_size = cfg.eval.batch_size
@@ -292,23 +295,59 @@ def evaluate_model(
                     "per_class_ap": {str(k): v for k, v in result.per_class_ap.items()},
                     "num_images": len(image_ids),
                 })  # fmt: skip
-    return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path)
+    names = {int(c["id"]): c["name"] for c in dataset.categories}
+    return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path,
+                       category_names=names)  # fmt: skip
 
 
 def check_categories(model_categories, dataset_categories, dataset_name: str) -> None:
-    """A model's category map must be the dataset's: same ids, same order, same names."""
-    key = lambda cats: [(c["contiguous_id"], c["id"], c["name"]) for c in  # noqa: E731
-                        sorted(cats, key=lambda c: c["contiguous_id"])]  # fmt: skip
-    if key(model_categories) != key(dataset_categories):
+    """Every category of the dataset must be one of the model's, by dataset id
+    and name (a model may know more, e.g. torchvision's 91-slot COCO map)."""
+    model_map = {int(c["id"]): c["name"] for c in model_categories}
+    bad = [c for c in dataset_categories if model_map.get(int(c["id"])) != c["name"]]
+    if bad:
         from mrcli.errors import UserError
 
-        mine = ", ".join(c["name"] for c in model_categories[:5])
-        theirs = ", ".join(c["name"] for c in dataset_categories[:5])
+        c = bad[0]
+        have = model_map.get(int(c["id"]))
         raise UserError(
-            f"the checkpoint's categories ({len(model_categories)}: {mine}, ...) are not those of "
-            f"dataset {dataset_name!r} ({len(dataset_categories)}: {theirs}, ...); evaluate it on "
-            "the dataset it was trained on (--data), or fine-tune it there first"
+            f"the checkpoint's categories do not fit dataset {dataset_name!r}: {len(bad)} of its "
+            f"{len(dataset_categories)} categories are not the model's, e.g. id {c['id']} "
+            f"{c['name']!r} (the model has {have!r} there). Evaluate on the dataset the model "
+            "was trained on (--data), or fine-tune it there first (mrcli train --init-from)"
         )
+
+
+def run_eval(
+    *,
+    workdir: str | None = None,
+    checkpoint: str | None = None,
+    data: str | None = None,
+    split: str | None = None,
+    out: str | None = None,
+    max_images: int | None = None,
+    sets: Sequence[str] = (),
+    data_dir: str | None = None,
+) -> "DatasetEval":
+    """`mrcli eval`: a trained model (a run's checkpoint or a checkpoint
+    directory) on a prepared dataset's split, results written under `out`."""
+    from mrcli import config as config_lib
+    from mrcli.data.store import find_dataset
+    from mrcli.train import load_trained
+
+    trained = load_trained(workdir, checkpoint)
+    cfg = config_lib.override(trained.config, config_lib.parse_sets(list(sets)))
+    ds = find_dataset(data or cfg.data.dataset, data_dir)
+    split = ds.check_split(split or cfg.data.eval_split)
+    categories = trained.categories
+    if categories is None:
+        from mrcli.errors import UserError
+
+        raise UserError(f"{trained.origin} carries no category map; it cannot be evaluated")
+    if out is None:
+        out = str(Path(workdir).expanduser() / "eval") if workdir else "eval"
+    return evaluate_model(trained.model, trained.state, ds, cfg, split=split, out_dir=out,
+                          max_images=max_images, categories=categories)  # fmt: skip
 
 
 def _write_json(path: Path, data: Any) -> None:

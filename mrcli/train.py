@@ -613,3 +613,83 @@ def evaluate_during_training(model, state, ds, cfg, mesh) -> dict[str, float]:
     result = evaluate_model(model, merge_params(state.params, state.constants), ds, cfg,
                             split=cfg.data.eval_split, mesh=mesh)  # fmt: skip
     return result.summary()
+
+
+# --- reading a run's checkpoints (eval, predict, export) ---------------------------------
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model ready for inference: from a run's checkpoint or a checkpoint directory."""
+
+    config: Config
+    categories: list[dict[str, Any]] | None
+    model: Any  # mrcli.model.Model
+    state: Any  # full nnx.State
+    origin: str  # what it was read from, for messages
+    step: int | None = None
+
+
+def _pick_step(manager, which: str, workdir: Path) -> int:
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise UserError(f"{workdir} has no checkpoint yet; train first (mrcli train --workdir {workdir})")
+    if which == "last":
+        return steps[-1]
+    if which == "best":
+        scored = []
+        for s in steps:
+            record = manager.restore(s, args=_record_args())["record"]
+            if record.get("score") is not None:
+                scored.append((record["score"], s))
+        return max(scored)[1] if scored else steps[-1]
+    try:
+        step = int(which)
+    except ValueError:
+        raise UserError(f"--checkpoint {which!r}: use best, last, a step number or a directory") from None
+    if step not in steps:
+        raise UserError(f"{workdir} has no checkpoint at step {step}; it has {', '.join(map(str, steps))}")
+    return step
+
+
+def _record_args():
+    import orbax.checkpoint as ocp
+
+    return ocp.args.Composite(record=ocp.args.JsonRestore())
+
+
+def load_trained(workdir: str | os.PathLike[str] | None = None, checkpoint: str | None = None) -> TrainedModel:
+    """The model of `workdir` at `checkpoint` (best | last | STEP; default best),
+    or of a checkpoint directory (`mrcli weights import`) given as `checkpoint`."""
+    import orbax.checkpoint as ocp
+
+    from mrcli import checkpoints
+    from mrcli import model as model_lib
+
+    if checkpoint and Path(checkpoint).expanduser().is_dir():
+        ckpt = checkpoints.load(checkpoint)
+        if ckpt.partial:
+            raise UserError(f"{ckpt.path} holds only a backbone; use it with `mrcli train --init-from`")
+        model, state = model_lib.create(ckpt.config.model)
+        state = checkpoints.restore(state, ckpt.state, origin=str(ckpt.path))
+        return TrainedModel(ckpt.config, ckpt.categories, model, state, str(ckpt.path))
+    if workdir is None:
+        raise UserError("name a trained model: --workdir RUN_DIR, or --checkpoint DIR")
+    workdir = Path(workdir).expanduser()
+    if not (workdir / RUN_RECORD).is_file():
+        raise UserError(f"{workdir} is not an mrcli training run (no {RUN_RECORD}); check --workdir")
+    manager = _checkpoint_manager(workdir, keep=1, read_only=True)
+    try:
+        step = _pick_step(manager, checkpoint or "best", workdir)
+        record = manager.restore(step, args=_record_args())["record"]
+        cfg = config_lib.from_dict(record["config"])
+        model, abstract = model_lib.abstract(cfg.model)
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _pure_tree(abstract))
+        restored = manager.restore(
+            step, args=ocp.args.Composite(model=ocp.args.StandardRestore(template))
+        )["model"]
+    finally:
+        manager.close()
+    # Fill the abstract state: no random initialisation of a model about to be overwritten.
+    state = checkpoints.restore(abstract, restored, origin=f"{workdir} step {step}")
+    return TrainedModel(cfg, record["categories"], model, state, f"{workdir} step {step}", step)

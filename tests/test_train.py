@@ -1,0 +1,191 @@
+"""`mrcli train` end to end on a micro config: exact resume after SIGKILL,
+SIGTERM saves and exits 0, workdir checks, non-finite losses, 8 vs 1 devices.
+
+The processes share a JAX compilation cache, so only the first compiles.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mrcli import config as c
+from mrcli.data.prepare import prepare_shapes
+
+# The tiny recipe, smaller still: 64 px images, few RoIs, a narrow mask head.
+MICRO = [
+    "data.image_size=64", "data.max_size=64", "data.max_instances=8", "data.num_workers=0",
+    "data.mask_crop_size=28",
+    "model.width=8", "model.fpn_channels=16", "model.anchor_sizes=8,16,32,64,128",
+    "model.rpn_pre_nms_topk_train=64", "model.rpn_post_nms_topk_train=32",
+    "model.rpn_pre_nms_topk_test=64", "model.rpn_post_nms_topk_test=32",
+    "model.rpn_batch_per_image=32", "model.roi_batch_per_image=16", "model.mask_fg_slots=4",
+    "model.box_head_dim=32", "model.mask_head_dim=8", "model.mask_head_convs=1",
+    "model.detections_per_image=8",
+    "train.global_batch=8", "train.warmup_steps=2", "train.decay_steps=5",
+    "train.log_every=1", "train.eval_every=0", "eval.batch_size=8",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prepare_shapes(data_dir=root, num_train=24, num_val=8, size=64, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+def _cli(args, data_dir, cache_dir, **popen):
+    env = {**os.environ, "MRCLI_DATA": str(data_dir), "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    cmd = [sys.executable, "-m", "mrcli.cli", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)  # fmt: skip
+
+
+def _train_args(workdir, steps, every):
+    sets = [*MICRO, f"train.steps={steps}", f"train.checkpoint_every={every}"]
+    return ["train", "--recipe", "tiny", "--data", "shapes", "--workdir", str(workdir),
+            *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+
+
+def _final_params(workdir):
+    from mrcli.train import load_trained
+
+    trained = load_trained(workdir, "last")
+    return trained.step, {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(
+        trained.state.to_pure_dict())}  # fmt: skip
+
+
+def _wait(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data_dir, cache_dir):
+    steps = 8
+    ref = tmp_path / "uninterrupted"
+    rc, _, err = _wait(_cli(_train_args(ref, steps, 2), data_dir, cache_dir))
+    assert rc == 0, err
+
+    run = tmp_path / "killed"
+    proc = _cli(_train_args(run, steps, 2), data_dir, cache_dir)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "2").is_dir():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < steps, "killed too late to test a resume"
+
+    rc, _, err = _wait(_cli(_train_args(run, steps, 2), data_dir, cache_dir))
+    assert rc == 0, err
+    assert f"resumed at step {saved[-1]}" in err
+
+    step_a, a = _final_params(ref)
+    step_b, b = _final_params(run)
+    assert step_a == step_b == steps
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+    # The metrics of the resumed steps are those of the uninterrupted run.
+    lines = lambda p: {r["step"]: r["loss"] for r in map(json.loads, (p / "metrics.jsonl").open())  # noqa: E731
+                       if "loss" in r}  # fmt: skip
+    assert lines(run)[steps] == lines(ref)[steps]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero(tmp_path, data_dir, cache_dir):
+    run = tmp_path / "term"
+    proc = _cli(_train_args(run, 1000, 500), data_dir, cache_dir)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").is_file():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = _wait(proc)
+    assert rc == 0, err
+    assert "stopped by signal" in err
+    saved = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 0 < saved[0] < 500
+
+
+def test_workdir_of_another_config_or_dataset_is_refused(tmp_path, data_dir):
+    from mrcli.train import check_workdir
+
+    cfg = c.resolve("tiny", MICRO)
+    cats = [{"id": 1, "contiguous_id": 1, "name": "a"}]
+    assert check_workdir(tmp_path, cfg, "shapes", "f1", cats) is False
+    assert check_workdir(tmp_path, c.override(cfg, {"train.steps": 99}), "shapes", "f1", cats)
+    with pytest.raises(c.UserError, match="dataset 'shapes'.*new --workdir"):
+        check_workdir(tmp_path, cfg, "other", "f2", cats)
+    with pytest.raises(c.UserError, match="model.depth: 14 there, 50 now"):
+        check_workdir(tmp_path, c.override(cfg, {"model.depth": 50}), "shapes", "f1", cats)
+
+
+def test_cli_refuses_a_mismatched_class_count(tmp_path, data_dir, cache_dir):
+    args = _train_args(tmp_path / "w", 2, 1) + ["--set", "model.num_classes=7"]
+    rc, _, err = _wait(_cli(args, data_dir, cache_dir))
+    assert rc == 2 and "model.num_classes=4" in err and "Traceback" not in err
+
+
+def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, data_dir, monkeypatch):
+    """A loss that turns NaN at step 3: the run stops naming step 3 and checkpoint 2."""
+    from mrcli import train as train_lib
+
+    real = train_lib.model_loss
+
+    def poisoned(model):
+        loss_fn = real(model)
+
+        def fn(params, constants, batch, rng):
+            loss, metrics = loss_fn(params, constants, batch, rng)
+            # batch["image_id"] is the same per step in this run; poison by step via rng-free marker
+            return loss * batch["poison"][0], metrics
+
+        return fn
+
+    class Poison:
+        def __init__(self, it):
+            self.it, self.step = it, 0
+
+        def __next__(self):
+            b = next(self.it)
+            self.step += 1
+            return {**b, "poison": np.full(b["image"].shape[:1], np.nan if self.step == 3 else 1.0, np.float32)}
+
+        def get_state(self):
+            return self.it.get_state()
+
+        def set_state(self, s):
+            self.it.set_state(s)
+
+        def close(self):
+            self.it.close()
+
+    from mrcli.data import pipeline
+
+    real_batches = pipeline.train_batches
+    monkeypatch.setattr(train_lib, "model_loss", poisoned)
+    monkeypatch.setattr(pipeline, "train_batches", lambda *a, **k: Poison(real_batches(*a, **k)))
+    cfg = c.resolve("tiny", [*MICRO, "train.steps=6", "train.checkpoint_every=2",
+                             ])  # fmt: skip
+    with pytest.raises(train_lib.TrainingDiverged, match="non-finite at step 3.*step 2"):
+        train_lib.train(cfg, tmp_path / "nan", data_dir=data_dir)
+    assert (tmp_path / "nan" / "checkpoints" / "2").is_dir()
+    assert not (tmp_path / "nan" / "checkpoints" / "4").exists()
