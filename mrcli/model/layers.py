@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -43,16 +44,54 @@ def variable_type(trainable: bool) -> type[nnx.Variable]:
     return nnx.Param if trainable else Frozen
 
 
-# Initialisers (Detectron2's weight_init, as torchvision's detection heads):
+# Initialisers (Detectron2's weight_init, as torchvision's detection heads), as
+# (kind, scale): "normal" draws N(0, scale^2) with scale = sqrt(gain / fan),
+# "uniform" draws U(-b, b) with b = sqrt(3 * gain / fan); fans count the kernel
+# window (HWIO kernels).
+#
+# Called eagerly they draw on the host with numpy, seeded by the nnx key:
+# jax.random compiles one sampler per weight shape, 13 s for R50-FPN on a
+# 2-core CPU against 1 s here. Under tracing (jax.eval_shape, jit) they use
+# jax.random, so a traced initialisation is still a random one.
+
+
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    window = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return shape[-2] * window, shape[-1] * window
+
+
+def _initializer(kind: str, gain: float = 1.0, mode: str = "fan_in", std: float | None = None):
+    def init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        shape = tuple(int(d) for d in shape)
+        fan_in, fan_out = _fans(shape)
+        fan = fan_in if mode == "fan_in" else fan_out
+        scale = std if std is not None else float(np.sqrt(gain / fan))
+        bound = float(np.sqrt(3.0)) * scale
+        if isinstance(key, jax.core.Tracer):
+            if kind == "normal":
+                return scale * jax.random.normal(key, shape, dtype)
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        rng = np.random.default_rng(np.asarray(data).ravel().tolist())
+        if kind == "normal":
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+        else:
+            value = rng.uniform(-bound, bound, shape).astype(np.float32)
+        return jnp.asarray(value, dtype)
+
+    return init
+
+
 # He et al. 2015 "msra" fill for convs followed by ReLU: normal, std sqrt(2 / fan_out).
-he_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+he_fan_out = _initializer("normal", gain=2.0, mode="fan_out")
 # Caffe2 "xavier" fill = kaiming_uniform(a=1): uniform, bound sqrt(3 / fan_in)
 # (Detectron2 c2_xavier_fill; torchvision's FPN convs).
-c2_xavier = jax.nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+c2_xavier = _initializer("uniform", gain=1.0, mode="fan_in")
 
 
 def normal(std: float):
-    return jax.nn.initializers.normal(std)
+    """N(0, std^2): 0.01 for the RPN and class logits, 0.001 for deltas (Detectron2)."""
+    return _initializer("normal", std=std)
 
 
 class Conv(nnx.Module):
