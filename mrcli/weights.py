@@ -1,0 +1,615 @@
+"""Import PyTorch checkpoints (torchvision, Detectron2) into mrcli checkpoints, safely.
+
+    mrcli weights import torchvision maskrcnn_resnet50_fpn_coco.pth --out ckpt/
+    mrcli weights import torchvision resnet50-0676ba61.pth --out r50/   # backbone only
+    mrcli weights import detectron2 model_final_f10217.pkl --out ckpt/
+
+Loading never executes code from the file (DESIGN.md §8). A PyTorch zip file
+goes through `torch.load(weights_only=True)` where torch is installed and
+otherwise through our restricted unpickler, which reads the zip's storages
+itself; a plain pickle (Detectron2's model-zoo `.pkl`) always goes through the
+restricted unpickler. Either way only tensors, numpy arrays, dicts, lists and
+numbers can come out; a pickle that names anything else (os.system, eval,
+any class) is refused with UnsafeCheckpoint, before anything is called.
+
+Mapping: PyTorch OIHW conv kernels become HWIO, Linear [out, in] becomes
+[in, out], frozen BatchNorm (weight, bias, running mean/var, eps 1e-5) is
+folded to (scale, bias) constants, the box head's fc6 is permuted from
+PyTorch's (channel, y, x) flattening to our (y, x, channel), and Detectron2's
+class layout (background last, no background box/mask outputs) becomes ours
+(background 0). The source's COCO category map travels with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mrcli import checkpoints
+from mrcli.config import Config, ModelConfig, override
+from mrcli.errors import UserError
+
+Source = Literal["torchvision", "detectron2"]
+BN_EPS = 1e-5  # torchvision and Detectron2 FrozenBatchNorm2d
+
+# COCO 2017 categories (id, name, supercategory), as in instances_*.json.
+COCO_CATEGORIES: tuple[tuple[int, str, str], ...] = (
+    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"),
+    (4, "motorcycle", "vehicle"), (5, "airplane", "vehicle"), (6, "bus", "vehicle"),
+    (7, "train", "vehicle"), (8, "truck", "vehicle"), (9, "boat", "vehicle"),
+    (10, "traffic light", "outdoor"), (11, "fire hydrant", "outdoor"), (13, "stop sign", "outdoor"),
+    (14, "parking meter", "outdoor"), (15, "bench", "outdoor"), (16, "bird", "animal"),
+    (17, "cat", "animal"), (18, "dog", "animal"), (19, "horse", "animal"), (20, "sheep", "animal"),
+    (21, "cow", "animal"), (22, "elephant", "animal"), (23, "bear", "animal"), (24, "zebra", "animal"),
+    (25, "giraffe", "animal"), (27, "backpack", "accessory"), (28, "umbrella", "accessory"),
+    (31, "handbag", "accessory"), (32, "tie", "accessory"), (33, "suitcase", "accessory"),
+    (34, "frisbee", "sports"), (35, "skis", "sports"), (36, "snowboard", "sports"),
+    (37, "sports ball", "sports"), (38, "kite", "sports"), (39, "baseball bat", "sports"),
+    (40, "baseball glove", "sports"), (41, "skateboard", "sports"), (42, "surfboard", "sports"),
+    (43, "tennis racket", "sports"), (44, "bottle", "kitchen"), (46, "wine glass", "kitchen"),
+    (47, "cup", "kitchen"), (48, "fork", "kitchen"), (49, "knife", "kitchen"), (50, "spoon", "kitchen"),
+    (51, "bowl", "kitchen"), (52, "banana", "food"), (53, "apple", "food"), (54, "sandwich", "food"),
+    (55, "orange", "food"), (56, "broccoli", "food"), (57, "carrot", "food"), (58, "hot dog", "food"),
+    (59, "pizza", "food"), (60, "donut", "food"), (61, "cake", "food"), (62, "chair", "furniture"),
+    (63, "couch", "furniture"), (64, "potted plant", "furniture"), (65, "bed", "furniture"),
+    (67, "dining table", "furniture"), (70, "toilet", "furniture"), (72, "tv", "electronic"),
+    (73, "laptop", "electronic"), (74, "mouse", "electronic"), (75, "remote", "electronic"),
+    (76, "keyboard", "electronic"), (77, "cell phone", "electronic"), (78, "microwave", "appliance"),
+    (79, "oven", "appliance"), (80, "toaster", "appliance"), (81, "sink", "appliance"),
+    (82, "refrigerator", "appliance"), (84, "book", "indoor"), (85, "clock", "indoor"),
+    (86, "vase", "indoor"), (87, "scissors", "indoor"), (88, "teddy bear", "indoor"),
+    (89, "hair drier", "indoor"), (90, "toothbrush", "indoor"),
+)
+
+
+def coco_categories(contiguous: Literal["coco_id", "rank"]) -> list[dict[str, Any]]:
+    """The category map of a COCO model. torchvision's models have 91 outputs indexed
+    by the COCO id itself ("coco_id": ids 12, 26, ... are unused outputs); Detectron2's
+    number the 80 categories 1..80 in id order ("rank")."""
+    return [
+        {"id": cid, "contiguous_id": cid if contiguous == "coco_id" else i + 1,
+         "name": name, "supercategory": sup}
+        for i, (cid, name, sup) in enumerate(COCO_CATEGORIES)
+    ]
+
+
+# --- safe loading ---------------------------------------------------------------------
+
+
+class UnsafeCheckpoint(UserError):
+    """The file asks the unpickler for something other than tensors and arrays."""
+
+
+def _refuse(path: Path, what: str) -> UnsafeCheckpoint:
+    return UnsafeCheckpoint(
+        f"refusing to load {path}: it is not a plain weights file; unpickling it would use "
+        f"{what}, which could run code. mrcli only rebuilds tensors and arrays from a "
+        "checkpoint; re-save the weights alone (torch.save(model.state_dict(), FILE)) from a "
+        "source you trust"
+    )
+
+
+_TORCH_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        if name == "BFloat16Storage":
+            import ml_dtypes
+
+            self.dtype = np.dtype(ml_dtypes.bfloat16)
+        else:
+            self.dtype = np.dtype(_TORCH_DTYPES[name])
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    item = storage.dtype.itemsize
+    if not size:
+        return storage[offset:offset + 1].reshape(()).copy()
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
+    ).copy()
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None, *_):
+    return data
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """What numpy's own pickles of arrays and scalars name (numpy 1 and 2 module paths)."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore
+    allowed = {}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = _reconstruct
+        allowed[(mod, "scalar")] = scalar
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds only containers, numbers, numpy arrays and (with a
+    zip archive) torch tensors as numpy arrays. Anything else is refused."""
+
+    def __init__(self, file, path: Path, archive: zipfile.ZipFile | None = None, prefix: str = ""):
+        super().__init__(file, encoding="latin1")
+        self._path = path
+        self._archive = archive
+        self._prefix = prefix
+        self._storages: dict[str, np.ndarray] = {}
+        self._allowed = {
+            ("collections", "OrderedDict"): collections.OrderedDict,
+            # bytes in protocol-2 pickles written by Python 3 (numpy array data)
+            ("_codecs", "encode"): _codecs_encode,
+            **_numpy_globals(),
+        }
+        if archive is not None:
+            self._allowed[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor
+            self._allowed[("torch._utils", "_rebuild_parameter")] = _rebuild_parameter
+            for name in (*_TORCH_DTYPES, "BFloat16Storage"):
+                self._allowed[("torch", name)] = _StorageType(name)
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _refuse(self._path, f"{module}.{name}") from None
+
+    def persistent_load(self, pid):
+        if self._archive is None or not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise _refuse(self._path, f"a persistent object {pid!r}")
+        _, storage_type, key, _location, _numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise _refuse(self._path, f"storage type {storage_type!r}")
+        if key not in self._storages:
+            raw = self._archive.read(f"{self._prefix}data/{key}")
+            self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype)
+        return self._storages[key]
+
+
+def _codecs_encode(obj, encoding="utf-8"):
+    if not isinstance(obj, str):
+        raise pickle.UnpicklingError("_codecs.encode of a non-string")
+    return obj.encode(encoding)
+
+
+def _load_torch_zip_restricted(path: Path) -> Any:
+    """A torch.save zip file read without torch: data.pkl through the restricted
+    unpickler, storages from the archive (little-endian)."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pkl = [n for n in names if n.endswith("data.pkl")]
+        if not pkl:
+            raise UserError(f"{path}: a zip file without data.pkl is not a PyTorch checkpoint")
+        prefix = pkl[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
+            raise UserError(f"{path}: big-endian PyTorch files are not supported")
+        with archive.open(pkl[0]) as f:
+            return _RestrictedUnpickler(f, path, archive, prefix).load()
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"GLOBAL ([\w.]+ ?[\w.]*)", str(e))
+        raise _refuse(path, m.group(1).replace(" ", ".") if m else "a forbidden object") from None
+
+
+def _to_numpy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    if type(obj).__module__.startswith("torch"):
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            return t.numpy()
+    return obj
+
+
+def load_file(path: str | Path, *, use_torch: bool | None = None) -> dict[str, Any]:
+    """The object in a checkpoint file, tensors as numpy arrays, without running code.
+
+    `use_torch`: None = torch.load(weights_only=True) for zip files where torch is
+    installed; False forces the restricted unpickler (what runs without torch)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if use_torch is None:
+        use_torch = _torch_available()
+    if zipfile.is_zipfile(path):
+        obj = _torch_load(path) if use_torch else _load_torch_zip_restricted(path)
+    else:
+        with open(path, "rb") as f:
+            try:
+                obj = _RestrictedUnpickler(f, path).load()
+            except UnsafeCheckpoint:
+                raise
+            except Exception as e:  # truncated file, not a pickle, ...
+                raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            # The legacy (pre-1.6) torch.save format starts with a magic number.
+            if not use_torch:
+                raise UserError(
+                    f"{path}: legacy PyTorch file format; install torch to import it, or "
+                    "re-save it with a recent PyTorch"
+                )
+            obj = _torch_load(path)
+    return _to_numpy(obj)
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, np.ndarray]:
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            out[str(k)] = v
+    return out
+
+
+# --- name mapping ---------------------------------------------------------------------
+
+
+def _conv(w: np.ndarray) -> np.ndarray:  # OIHW -> HWIO
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)
+
+
+def _linear(w: np.ndarray) -> np.ndarray:  # [O, I] -> [I, O]
+    return np.ascontiguousarray(w.T, dtype=np.float32)
+
+
+def _fold_bn(sd, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen BN -> (scale, bias): scale = w / sqrt(var + eps), bias = b - mean * scale,
+    in float32 as torchvision's FrozenBatchNorm2d computes them."""
+    w = sd[prefix + "weight"].astype(np.float32)
+    b = sd[prefix + "bias"].astype(np.float32)
+    mean = sd[prefix + "running_mean"].astype(np.float32)
+    var = sd[prefix + "running_var"].astype(np.float32)
+    scale = w * (1.0 / np.sqrt(var + np.float32(BN_EPS))).astype(np.float32)
+    return scale.astype(np.float32), (b - mean * scale).astype(np.float32)
+
+
+class _Mapper:
+    """Collects {our path tuple: array} and remembers which source names were used."""
+
+    def __init__(self, sd: dict[str, np.ndarray], path: Path):
+        self.sd, self.path = sd, path
+        self.out: dict[tuple[str, ...], np.ndarray] = {}
+        self.used: set[str] = set()
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.sd:
+            raise UserError(f"{self.path}: missing {name!r}; is this the right kind of checkpoint?")
+        self.used.add(name)
+        return self.sd[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.sd
+
+    def put(self, path: str, value: np.ndarray) -> None:
+        self.out[tuple(path.split("."))] = np.asarray(value, np.float32)
+
+    def conv(self, dst: str, src: str, bias: bool) -> None:
+        self.put(dst + ".kernel", _conv(self.get(src + "weight")))
+        if bias:
+            self.put(dst + ".bias", self.get(src + "bias"))
+
+    def linear(self, dst: str, src: str) -> None:
+        self.put(dst + ".kernel", _linear(self.get(src + "weight")))
+        self.put(dst + ".bias", self.get(src + "bias"))
+
+    def bn(self, dst: str, src: str) -> None:
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            self.get(src + k)
+        scale, bias = _fold_bn(self.sd, src)
+        self.put(dst + ".scale", scale)
+        self.put(dst + ".bias", bias)
+        self.used.add(src + "num_batches_tracked")
+
+
+def _blocks_per_stage(sd: dict[str, np.ndarray], stage_prefix) -> list[int]:
+    """Blocks in each of the 4 stages; stage_prefix(s) is the name prefix of stage s
+    (0 = res2), followed by the block index."""
+    counts = []
+    for s in range(4):
+        rx = re.compile(re.escape(stage_prefix(s)) + r"(\d+)\.")
+        counts.append(len({int(m.group(1)) for k in sd for m in [rx.match(k)] if m}))
+    return counts
+
+
+def _depth(counts: list[int], path: Path) -> int:
+    from mrcli.model.backbone import BLOCKS
+
+    for depth, blocks in BLOCKS.items():
+        if tuple(counts) == blocks:
+            return depth
+    raise UserError(f"{path}: a ResNet with {counts} blocks per stage is not one of {sorted(BLOCKS)}")
+
+
+def _map_torchvision_resnet(m: _Mapper, prefix: str) -> None:
+    m.conv("backbone.stem", prefix + "conv1.", bias=False)
+    m.bn("backbone.stem_norm", prefix + "bn1.")
+    counts = _blocks_per_stage(m.sd, lambda s: f"{prefix}layer{s + 1}.")
+    for s in range(4):
+        for j in range(counts[s]):
+            src, dst = f"{prefix}layer{s + 1}.{j}.", f"backbone.res{s + 2}.{j}"
+            for i in (1, 2, 3):
+                m.conv(f"{dst}.conv{i}", f"{src}conv{i}.", bias=False)
+                m.bn(f"{dst}.norm{i}", f"{src}bn{i}.")
+            if m.has(src + "downsample.0.weight"):
+                m.conv(f"{dst}.shortcut", src + "downsample.0.", bias=False)
+                m.bn(f"{dst}.shortcut_norm", src + "downsample.1.")
+
+
+def _upgrade_torchvision_names(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Names of older torchvision releases (the published COCO weights) -> current
+    (torchvision's own _load_from_state_dict upgrades)."""
+    rules = [
+        (r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.\1_blocks.\2.0.\3"),
+        (r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1"),
+    ]
+    out = {}
+    for k, v in sd.items():
+        for rx, rep in rules:
+            k = re.sub(rx, rep, k)
+        m = re.match(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$", k)
+        if m:
+            k = f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{m.group(2)}"
+        out[k] = v
+    return out
+
+
+def _fc6(w: np.ndarray, channels: int) -> np.ndarray:
+    """fc6 [1024, C*P*P] over PyTorch's (C, y, x) flattening -> ours [P*P*C, 1024], (y, x, C)."""
+    d, n = w.shape
+    p = int(round((n // channels) ** 0.5))
+    return np.ascontiguousarray(
+        w.reshape(d, channels, p, p).transpose(0, 2, 3, 1).reshape(d, n).T, dtype=np.float32
+    )
+
+
+def _torchvision_detector(sd, path) -> tuple[dict, ModelConfig]:
+    sd = _upgrade_torchvision_names(sd)
+    m = _Mapper(sd, path)
+    prefix = "backbone.body."
+    depth = _depth(_blocks_per_stage(sd, lambda s: f"{prefix}layer{s + 1}."), path)
+    _map_torchvision_resnet(m, prefix)
+    for i in range(4):
+        m.conv(f"fpn.lateral.{i}", f"backbone.fpn.inner_blocks.{i}.0.", bias=True)
+        m.conv(f"fpn.output.{i}", f"backbone.fpn.layer_blocks.{i}.0.", bias=True)
+    m.conv("rpn.conv", "rpn.head.conv.0.0.", bias=True)
+    m.conv("rpn.objectness", "rpn.head.cls_logits.", bias=True)
+    m.conv("rpn.deltas", "rpn.head.bbox_pred.", bias=True)
+    fpn_channels = sd["backbone.fpn.inner_blocks.0.0.weight"].shape[0]
+    m.put("box_head.fc6.kernel", _fc6(m.get("roi_heads.box_head.fc6.weight"), fpn_channels))
+    m.put("box_head.fc6.bias", m.get("roi_heads.box_head.fc6.bias"))
+    m.linear("box_head.fc7", "roi_heads.box_head.fc7.")
+    m.linear("box_head.cls", "roi_heads.box_predictor.cls_score.")
+    m.linear("box_head.deltas", "roi_heads.box_predictor.bbox_pred.")
+    num_classes = sd["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    masks = m.has("roi_heads.mask_predictor.mask_fcn_logits.weight")
+    n_convs = 0
+    if masks:
+        while m.has(f"roi_heads.mask_head.{n_convs}.0.weight"):
+            m.conv(f"mask_head.convs.{n_convs}", f"roi_heads.mask_head.{n_convs}.0.", bias=True)
+            n_convs += 1
+        w = m.get("roi_heads.mask_predictor.conv5_mask.weight")  # [C, O, 2, 2]
+        m.put("mask_head.deconv.kernel", w.transpose(2, 3, 0, 1))
+        m.put("mask_head.deconv.bias", m.get("roi_heads.mask_predictor.conv5_mask.bias"))
+        m.conv("mask_head.predictor", "roi_heads.mask_predictor.mask_fcn_logits.", bias=True)
+    cfg = ModelConfig(
+        num_classes=num_classes,
+        depth=depth,
+        fpn_channels=fpn_channels,
+        box_head_dim=sd["roi_heads.box_head.fc7.weight"].shape[0],
+        masks=masks,
+        mask_head_convs=n_convs if masks else ModelConfig.mask_head_convs,
+    )
+    return m, cfg
+
+
+def _torchvision_backbone(sd, path) -> tuple[_Mapper, ModelConfig]:
+    m = _Mapper(sd, path)
+    depth = _depth(_blocks_per_stage(sd, lambda s: f"layer{s + 1}."), path)
+    _map_torchvision_resnet(m, "")
+    m.used.update(k for k in sd if k.startswith("fc."))  # the ImageNet classifier
+    return m, ModelConfig(depth=depth)
+
+
+def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
+    m = _Mapper(sd, path)
+    bu = "backbone.bottom_up."
+    counts = _blocks_per_stage(sd, lambda s: f"{bu}res{s + 2}.")
+    depth = _depth(counts, path)
+    m.conv("backbone.stem", bu + "stem.conv1.", bias=False)
+    m.bn("backbone.stem_norm", bu + "stem.conv1.norm.")
+    for s in range(4):
+        for j in range(counts[s]):
+            src, dst = f"{bu}res{s + 2}.{j}.", f"backbone.res{s + 2}.{j}"
+            for i in (1, 2, 3):
+                m.conv(f"{dst}.conv{i}", f"{src}conv{i}.", bias=False)
+                m.bn(f"{dst}.norm{i}", f"{src}conv{i}.norm.")
+            if m.has(src + "shortcut.weight"):
+                m.conv(f"{dst}.shortcut", src + "shortcut.", bias=False)
+                m.bn(f"{dst}.shortcut_norm", src + "shortcut.norm.")
+    for i in range(4):
+        m.conv(f"fpn.lateral.{i}", f"backbone.fpn_lateral{i + 2}.", bias=True)
+        m.conv(f"fpn.output.{i}", f"backbone.fpn_output{i + 2}.", bias=True)
+    rh = "proposal_generator.rpn_head."
+    m.conv("rpn.conv", rh + "conv.", bias=True)
+    m.conv("rpn.objectness", rh + "objectness_logits.", bias=True)
+    m.conv("rpn.deltas", rh + "anchor_deltas.", bias=True)
+    fpn_channels = sd["backbone.fpn_lateral2.weight"].shape[0]
+    m.put("box_head.fc6.kernel", _fc6(m.get("roi_heads.box_head.fc1.weight"), fpn_channels))
+    m.put("box_head.fc6.bias", m.get("roi_heads.box_head.fc1.bias"))
+    m.linear("box_head.fc7", "roi_heads.box_head.fc2.")
+    # Detectron2: cls_score [K + 1] with background LAST; bbox_pred 4K without background.
+    cls_w = m.get("roi_heads.box_predictor.cls_score.weight")
+    cls_b = m.get("roi_heads.box_predictor.cls_score.bias")
+    k = cls_w.shape[0] - 1
+    order = np.concatenate([[k], np.arange(k)])
+    m.put("box_head.cls.kernel", _linear(cls_w[order]))
+    m.put("box_head.cls.bias", cls_b[order])
+    box_w = m.get("roi_heads.box_predictor.bbox_pred.weight")
+    box_b = m.get("roi_heads.box_predictor.bbox_pred.bias")
+    if box_w.shape[0] == 4:  # class-agnostic regression: the same deltas for every class
+        box_w, box_b = np.tile(box_w, (k, 1)), np.tile(box_b, k)
+    m.put("box_head.deltas.kernel", _linear(np.concatenate([np.zeros_like(box_w[:4]), box_w])))
+    m.put("box_head.deltas.bias", np.concatenate([np.zeros_like(box_b[:4]), box_b]))
+    masks = m.has("roi_heads.mask_head.predictor.weight")
+    n_convs = 0
+    if masks:
+        while m.has(f"roi_heads.mask_head.mask_fcn{n_convs + 1}.weight"):
+            m.conv(f"mask_head.convs.{n_convs}", f"roi_heads.mask_head.mask_fcn{n_convs + 1}.", bias=True)
+            n_convs += 1
+        w = m.get("roi_heads.mask_head.deconv.weight")
+        m.put("mask_head.deconv.kernel", w.transpose(2, 3, 0, 1))
+        m.put("mask_head.deconv.bias", m.get("roi_heads.mask_head.deconv.bias"))
+        pw = m.get("roi_heads.mask_head.predictor.weight")  # [K, C, 1, 1], no background
+        pb = m.get("roi_heads.mask_head.predictor.bias")
+        if pw.shape[0] == 1:  # class-agnostic mask
+            pw, pb = np.tile(pw, (k, 1, 1, 1)), np.tile(pb, k)
+        m.put("mask_head.predictor.kernel", _conv(np.concatenate([np.zeros_like(pw[:1]), pw])))
+        m.put("mask_head.predictor.bias", np.concatenate([np.zeros_like(pb[:1]), pb]))
+    # Detectron2's numerics: MSRA ResNet (stride in 1x1), BGR input with mean
+    # subtraction only, RoIAlignV2 (aligned), L1 box losses, exact anchors, 1000
+    # post-NMS proposals per image in training (Detectron2 Base-RCNN-FPN.yaml).
+    cfg = ModelConfig(
+        num_classes=k,
+        depth=depth,
+        fpn_channels=fpn_channels,
+        box_head_dim=sd["roi_heads.box_head.fc2.weight"].shape[0],
+        masks=masks,
+        mask_head_convs=n_convs if masks else ModelConfig.mask_head_convs,
+        stride_in_1x1=True,
+        torchvision_anchors=False,
+        aligned=True,
+        smooth_l1_beta=0.0,
+        rpn_post_nms_topk_train=1000,
+        pixel_order="bgr",
+        pixel_mean=(103.530, 116.280, 123.675),
+        pixel_std=(1.0, 1.0, 1.0),
+    )
+    return m, cfg
+
+
+# --- import -----------------------------------------------------------------------------
+
+
+def convert(source: Source, path: str | Path, *, use_torch: bool | None = None):
+    """(pure state dict, ModelConfig, categories, partial) of a checkpoint file."""
+    path = Path(path).expanduser()
+    sd = _state_dict(load_file(path, use_torch=use_torch), path)
+    if source == "torchvision":
+        if any(k.startswith("roi_heads.") for k in sd):
+            m, cfg = _torchvision_detector(sd, path)
+            categories = coco_categories("coco_id") if cfg.num_classes == 90 else None
+            partial = False
+        elif "layer1.0.conv1.weight" in sd:
+            m, cfg = _torchvision_backbone(sd, path)
+            categories, partial = None, True
+        else:
+            raise UserError(
+                f"{path}: neither a torchvision detection model (roi_heads.*) nor a "
+                "torchvision ResNet (layer1.0.conv1.weight)"
+            )
+    elif source == "detectron2":
+        if not any(k.startswith("backbone.bottom_up.") for k in sd):
+            raise UserError(f"{path}: not a Detectron2 R-CNN checkpoint (no backbone.bottom_up.*)")
+        m, cfg = _detectron2_detector(sd, path)
+        categories = coco_categories("rank") if cfg.num_classes == 80 else None
+        partial = False
+    else:
+        raise UserError(f"unknown weights source {source!r}: use torchvision or detectron2")
+    leftover = sorted(k for k in sd if k not in m.used)
+    if leftover:
+        raise UserError(
+            f"{path}: {len(leftover)} weights have no place in the model, e.g. {leftover[0]!r}; "
+            "only Mask/Faster R-CNN with a ResNet-FPN backbone (and plain ResNets) are supported"
+        )
+    return checkpoints.unflatten(m.out), cfg, categories, partial
+
+
+def import_weights(
+    source: Source,
+    path: str | Path,
+    out: str | Path,
+    *,
+    base: Config | None = None,
+    use_torch: bool | None = None,
+) -> dict[str, Any]:
+    """Convert `path` and write an mrcli checkpoint directory at `out`.
+
+    The model config comes from the file (depth, classes, heads, the source's
+    numerics) on top of `base` (default: the defaults). Returns a summary."""
+    state, mcfg, categories, partial = convert(source, path, use_torch=use_torch)
+    base = base or Config()
+    if partial:  # a backbone: only its depth is known
+        cfg = override(base, {"model.depth": mcfg.depth})
+    else:
+        from mrcli.config import to_dict
+
+        cfg = override(base, {f"model.{k}": v for k, v in to_dict(Config(model=mcfg))["model"].items()})
+    _check_fits(state, cfg.model, partial, Path(path))
+    written = checkpoints.save(
+        out, state, cfg, categories, partial=partial,
+        source={"kind": source, "file": Path(path).name},
+    )
+    n = sum(int(np.size(v)) for v in checkpoints.flatten(state).values())
+    return {
+        "out": str(written),
+        "source": source,
+        "depth": cfg.model.depth,
+        "num_classes": cfg.model.num_classes,
+        "masks": cfg.model.masks,
+        "partial": partial,
+        "arrays": n,
+        "categories": len(categories) if categories else 0,
+    }
+
+
+def _check_fits(state: dict, cfg: ModelConfig, partial: bool, path: Path) -> None:
+    from mrcli.model import abstract
+
+    _, shapes = abstract(cfg)
+    checkpoints.check(shapes, state, partial=partial, origin=str(path))
+
+
+__all__ = [
+    "COCO_CATEGORIES",
+    "UnsafeCheckpoint",
+    "convert",
+    "coco_categories",
+    "import_weights",
+    "load_file",
+]
