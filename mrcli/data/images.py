@@ -150,11 +150,12 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def decode_rgb(data: bytes, size: tuple[int, int] | None = None) -> Image.Image:
-    """Stored bytes -> an RGB PIL image, resized to `size` = (h, w) if given
-    (bilinear with PIL's antialiasing). JPEGs are decoded at a reduced DCT
-    scale first when the target is at most half their size."""
-    img = Image.open(io.BytesIO(data))
+def decode_rgb(data: bytes | Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
+    """Stored bytes (or an opened PIL image) -> an RGB PIL image, resized to
+    `size` = (h, w) if given (bilinear with PIL's antialiasing). JPEGs are
+    decoded at a reduced DCT scale first when the target is at most half
+    their size."""
+    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
     if size is not None and img.format == "JPEG":
         h, w = size
         if 2 * h <= img.size[1] and 2 * w <= img.size[0]:

@@ -76,6 +76,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -288,28 +289,65 @@ class Plan:
 _warned = {"max_instances": False}
 
 
-def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot: Slot,
-                  bucket: tuple[int, int], spec: Spec) -> None:
-    """Write example `rec` into row i of the preallocated batch `out`."""
+def fit_size(h: int, w: int, short: int, max_size: int,
+             bucket: tuple[int, int]) -> tuple[float, int, int]:
+    """(scale, resized_h, resized_w) of an h x w image: short side `short`,
+    long side <= max_size, shrunk further where it would not fit `bucket` (H, W)."""
     H, W = bucket
-    h, w = int(rec["height"]), int(rec["width"])
-    scale = min(resize_scale(h, w, slot.short, spec.max_size), H / h, W / w)
+    scale = min(resize_scale(h, w, short, max_size), H / h, W / w)
     rh, rw = resized_size(h, w, scale)
-    rh, rw = min(rh, H), min(rw, W)
-    img = imagelib.decode_rgb(rec["image"], (rh, rw))
-    if slot.flip:
+    return scale, min(rh, H), min(rw, W)
+
+
+def image_input(
+    source: bytes | Image.Image,  # stored image bytes, or a decoded upright image
+    bucket: tuple[int, int],
+    spec: Spec,
+    short: int,
+    *,
+    hw: tuple[int, int] | None = None,  # (h, w) of `source` where already known
+    flip: bool = False,
+    out: np.ndarray | None = None,  # [H, W, 3] float32 zeros to write into (a batch row)
+) -> tuple[np.ndarray, np.ndarray]:
+    """One upright image -> its model input (the batch contract's `image` row,
+    [H, W, 3] float32: resized, flipped, in the model's pixel order, normalised,
+    zero padded into `bucket`) and its `image_info` row [5] float32.
+
+    The one place an image becomes model input: the input pipeline (stored
+    bytes) and `mrcli predict` (decoded files) both go through it."""
+    H, W = bucket
+    if hw is None:
+        w, h = source.size if isinstance(source, Image.Image) else Image.open(io.BytesIO(source)).size
+    else:
+        h, w = hw
+    scale, rh, rw = fit_size(h, w, short, spec.max_size, bucket)
+    img = imagelib.decode_rgb(source, (rh, rw))
+    if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     arr = np.asarray(img)
     if spec.bgr:
         arr = arr[..., ::-1]
-    # Normalise straight into the zero-padded batch. Viewing rows as [rw*3]
+    if out is None:
+        out = np.zeros((H, W, 3), np.float32)
+    # Normalise straight into the zero-padded row. Viewing rows as [rw*3]
     # vectors (mean/std tiled to match) keeps numpy's inner loops long: 10x
     # faster than broadcasting over a trailing axis of 3.
-    dst = out["image"][i, :rh, :rw].reshape(rh, rw * 3)
+    dst = out[:rh, :rw].reshape(rh, rw * 3)
+    assert np.may_share_memory(dst, out), "out must be C-contiguous in its last two axes"
     np.subtract(arr.reshape(rh, rw * 3), np.tile(np.asarray(spec.mean, np.float32), rw),
                 out=dst, dtype=np.float32)
     dst *= np.tile(np.asarray([1.0 / s for s in spec.std], np.float32), rw)
-    out["image_info"][i] = (h, w, scale, rh, rw)
+    return out, np.array((h, w, scale, rh, rw), np.float32)
+
+
+def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot: Slot,
+                  bucket: tuple[int, int], spec: Spec) -> None:
+    """Write example `rec` into row i of the preallocated batch `out`."""
+    h, w = int(rec["height"]), int(rec["width"])
+    _, info = image_input(rec["image"], bucket, spec, slot.short, hw=(h, w), flip=slot.flip,
+                          out=out["image"][i])  # fmt: skip
+    rh, rw = int(info[3]), int(info[4])
+    out["image_info"][i] = info
     out["image_id"][i] = int(rec["image_id"])
 
     boxes = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)
@@ -582,5 +620,5 @@ def denormalize(image: np.ndarray, cfg: Config) -> np.ndarray:
 __all__ = [
     "KEYS", "Spec", "Plan", "Slot", "BatchIterator", "MakeBatch", "batch_shapes", "empty_batch",
     "train_batches", "eval_batches", "example_batch", "denormalize", "assign_buckets",
-    "resize_scale", "resized_size",
+    "resize_scale", "resized_size", "fit_size", "image_input",
 ]

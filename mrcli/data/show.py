@@ -8,6 +8,7 @@ import io
 import os
 import uuid
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -31,10 +32,12 @@ PALETTE = np.array(
 )
 
 
-def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: list[np.ndarray], labels: list[str],
-            crowd: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    """Draw full-image masks [H, W], xyxy boxes and labels on an RGB image.
-    Crowd regions are drawn in grey with a 'crowd' label."""
+def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: Iterable[np.ndarray], labels: list[str],
+            crowd: np.ndarray | None = None, alpha: float = 0.45,
+            scores: Sequence[float] | None = None) -> np.ndarray:
+    """Draw full-image masks [H, W], xyxy boxes and labels (with `scores`,
+    as "label 0.93") on an RGB image [H, W, 3]. Instance i has colour
+    PALETTE[i % 20]. Crowd regions are drawn in grey with a 'crowd' label."""
     out = rgb.astype(np.float32).copy()
     n = len(boxes)
     crowd = np.zeros(n, bool) if crowd is None else np.asarray(crowd, bool)
@@ -51,6 +54,8 @@ def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: list[np.ndarray], labels:
         c = tuple(int(v) for v in colours[i])
         draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=c, width=1 if crowd[i] else 2)
         text = ("crowd: " if crowd[i] else "") + labels[i]
+        if scores is not None:
+            text += f" {float(scores[i]):.2f}"
         tx, ty = x1 + 1, max(0.0, y1 - 11)
         bbox = draw.textbbox((tx, ty), text, font=font)
         draw.rectangle(bbox, fill=(0, 0, 0))
@@ -58,7 +63,8 @@ def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: list[np.ndarray], labels:
     return np.asarray(img)
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an image array (RGB [H, W, 3] uint8, or [H, W] uint8 / uint16) as a PNG, atomically."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -119,6 +125,6 @@ def show(dataset: Dataset, *, split: str, out: str | os.PathLike, num: int = 8,
         else:
             image_id, rgb = raw_overlay(dataset, split, k)
             path = out / f"{split}_{image_id}.png"
-        _write_png(path, rgb)
+        write_png(path, rgb)
         paths.append(path)
     return paths
