@@ -11,9 +11,9 @@ config and the input size (DESIGN.md §2).
 
 `Model` is the static half (config + graphdef, hashable) and `state` the
 array half (nnx.State of Param / Frozen / Constant variables, see layers.py).
-Training differentiates only the `nnx.Param` part: `split_params(state)` and
-`Model.loss_fn(constants)` give the `(params, batch, rng)` form that
-mrcli.train.make_train_step takes.
+Training differentiates only the `nnx.Param` part: `split_params(state)` gives
+(params, constants) and `model.loss(merge_params(params, constants), batch, rng)`
+is the loss over the params (mrcli.train.model_loss).
 
 Batch (a dict of arrays; DESIGN.md §4):
   image [B,H,W,3] float32, normalised, zero-padded to the bucket
@@ -209,15 +209,6 @@ class Model:
             keep = 1.0 - batch["is_padding"].astype(jnp.float32)
             terms = {k: v * keep for k, v in terms.items()}
         return losses.combine(terms, masks=net.mask_head is not None)
-
-    def loss_fn(self, constants: nnx.State):
-        """`(params, batch, rng) -> (loss, metrics)` over the trainable params, with the
-        frozen weights and constants fixed (mrcli.train.make_train_step's LossFn)."""
-
-        def fn(params, batch, rng):
-            return self.loss(merge_params(params, constants), batch, rng)
-
-        return fn
 
 
 def create(cfg: ModelConfig, seed: int = 0) -> tuple[Model, nnx.State]:
