@@ -240,3 +240,21 @@ def test_import_resnet_backbone_is_partial(tmp_path):
     )
     with pytest.raises(UserError, match="missing"):
         checkpoints.restore(fresh, ckpt.state)  # not partial: the heads are missing
+
+
+def test_cli_refuses_a_malicious_file(tmp_path):
+    """`mrcli weights import` on a pickle that runs code: exit 2, one clear line."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(pickle.dumps({"model": {}, "x": _Evil(marker)}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mrcli.cli", "weights", "import", "detectron2", str(path),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to load" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
