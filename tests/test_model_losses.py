@@ -181,3 +181,27 @@ def test_training_loss_matches_hand_computation():
         np.testing.assert_allclose(float(metrics[key]), value, rtol=2e-5, err_msg=key)
     total = sum(v for k, v in expected.items() if k.startswith("loss_"))
     np.testing.assert_allclose(float(loss), total, rtol=2e-5)
+
+
+def test_mask_targets_from_box_crops():
+    """A RoI's target is the part of its gt's box-aligned crop that it covers."""
+    import jax.numpy as jnp
+
+    from mrcli.model.roi_heads import mask_targets
+
+    crop = np.zeros((2, G, G), np.uint8)
+    crop[0, :, : G // 2] = 1  # gt 0: left half
+    crop[1, G // 2:, :] = 1  # gt 1: bottom half
+    gt = np.array([[10, 20, 50, 60], [0, 0, 28, 14]], np.float32)
+    rois = np.array([[10, 20, 50, 60], [10, 20, 30, 60], [30, 20, 50, 60], [0, 7, 28, 14],
+                     [0, 0, 28, 14]], np.float32)
+    matched = np.array([0, 0, 0, 1, 1], np.int32)
+    t = np.asarray(mask_targets(jnp.asarray(crop), jnp.asarray(gt), jnp.asarray(matched),
+                                jnp.asarray(rois), 28))
+    half = np.zeros((28, 28))
+    half[:, :14] = 1
+    np.testing.assert_array_equal(t[0], half)  # the gt box itself
+    np.testing.assert_array_equal(t[1], np.ones((28, 28)))  # its left half
+    np.testing.assert_array_equal(t[2], np.zeros((28, 28)))  # its right half
+    np.testing.assert_array_equal(t[3], np.ones((28, 28)))  # bottom half of gt 1
+    np.testing.assert_array_equal(t[4], half.T)

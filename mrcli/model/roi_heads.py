@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from mrcli import boxes as box_ops
 from mrcli.config import ModelConfig
 from mrcli.ops.nms import batched_nms
-from mrcli.ops.roi_align import roi_align
+from mrcli.ops.masks import crop_and_resize_masks
 from mrcli.ops.sampling import match_boxes, sample_balanced
 
 Array = jax.Array
@@ -95,16 +95,10 @@ def mask_targets(
     RoI in the crop's frame ((roi - gt_x1y1) * G / gt_wh), binarised at 0.5.
     The crop's pixel centres are at (i + 0.5) in that frame, hence `aligned`."""
     g_side = gt_masks.shape[-1]
-    crops = gt_masks[matched_gt].astype(jnp.float32)  # [F, G, G]
     gt = gt_boxes[matched_gt]  # [F, 4]
     wh = jnp.maximum(gt[:, 2:] - gt[:, :2], 1e-6)  # [F, 2]
-    scale = jnp.tile(g_side / wh, 2)  # [F, 4]
-    frame = (rois - jnp.tile(gt[:, :2], 2)) * scale  # [F, 4]
-
-    def one(crop, box):
-        return roi_align(crop[:, :, None], box[None], size, 1.0, sampling_ratio, aligned=True)[0, :, :, 0]
-
-    soft = jax.vmap(one)(crops, frame)  # [F, M, M]
+    frame = (rois - jnp.tile(gt[:, :2], 2)) * jnp.tile(g_side / wh, 2)  # [F, 4] crop pixels
+    soft = crop_and_resize_masks(gt_masks, frame, matched_gt, size, sampling_ratio, aligned=True)
     return (soft >= 0.5).astype(jnp.float32)
 
 
