@@ -204,4 +204,4 @@ def test_mask_targets_from_box_crops():
     np.testing.assert_array_equal(t[1], np.ones((28, 28)))  # its left half
     np.testing.assert_array_equal(t[2], np.zeros((28, 28)))  # its right half
     np.testing.assert_array_equal(t[3], np.ones((28, 28)))  # bottom half of gt 1
-    np.testing.assert_array_equal(t[4], half.T)
+    np.testing.assert_array_equal(t[4], half.T[::-1])  # gt 1 itself: bottom half
