@@ -623,6 +623,111 @@ def _print_eval(result: Any) -> None:
     err.print(f"results: {result.results_path}")
 
 
+# --- predict -------------------------------------------------------------------------
+
+
+class _PredictProgress:
+    """predict's reports as a rich progress bar (stderr), skipped files as lines above it."""
+
+    def __init__(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
+
+        self.bar = Progress(
+            TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+        self.task = None
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "start":
+            self.bar.start()
+            self.task = self.bar.add_task("predict", total=data["total"], info="compiling...")
+        elif kind == "progress" and self.task is not None:
+            self.bar.update(self.task, completed=data["done"], info="")
+        elif kind == "compiled":
+            h, w = data["bucket"]
+            self.bar.console.print(f"compiled bucket {h}x{w} in {data['seconds']:.1f} s", style="dim")
+        elif kind == "skipped":
+            self.bar.console.print(f"[yellow]skipped[/] {data['path']}: {data['reason']}",
+                                   highlight=False, soft_wrap=True)  # fmt: skip
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def predict(
+    input: Annotated[
+        str,
+        typer.Argument(help="An image, a folder (searched recursively) or a quoted glob "
+                       "('photos/**/*.jpg'). JPEG, PNG, BMP, WebP."),
+    ],
+    out: Annotated[str, typer.Option("--out", help="Output folder; mirrors the input tree.")],
+    workdir: Annotated[
+        Optional[str], typer.Option("--workdir", help="A training run's directory.")
+    ] = None,
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
+                     "directory (`mrcli weights import`)."),
+    ] = None,
+    score: Annotated[
+        float, typer.Option("--score", help="Keep detections scoring above this.")
+    ] = 0.5,
+    formats: Annotated[
+        Optional[str],
+        typer.Option("--format", help="Comma-separated: png (instance label maps), json (a side "
+                     "file per image + the run's COCO results), overlay. Default: all."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per batch (rounded up to the devices).")
+    ] = 8,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace outputs of an earlier run.")
+    ] = False,
+    as_json: _Json = False,
+) -> None:
+    """Segment images: instance label maps (PNG + JSON), overlays, COCO results.
+
+    OUT/masks/ holds a label map per image (0 background, 1..n instances by
+    score) and a JSON side file (class, score, box of each); OUT/overlays/
+    the pictures; OUT/detections.json the COCO results (RLE) of all images,
+    OUT/images.json their ids. Unreadable files are reported and skipped.
+
+    Examples:
+
+      mrcli predict photos/ --out pred/ --workdir runs/tiny
+
+      mrcli predict 'photos/**/*.jpg' --out pred/ --checkpoint imported/ --score 0.7
+
+      mrcli predict photo.png --out pred/ --workdir runs/r101 --format png,json --json
+    """
+    from mrcli.predict import run as predict_run
+
+    _enable_compilation_cache()
+    progress = _PredictProgress()
+    try:
+        result = predict_run(input, out, workdir=workdir, checkpoint=checkpoint, score=score,
+                             formats=formats, batch_size=batch_size, overwrite=overwrite,
+                             report=progress)  # fmt: skip
+    finally:
+        progress.stop()
+    skipped = f", skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
+    err.print(
+        f"predicted {result.num_images} of {result.num_inputs} image(s){skipped}: "
+        f"{result.num_instances} instance(s) in {result.seconds:.1f} s, "
+        f"{result.images_per_s:.1f} images/s ({result.steady_images_per_s:.1f} after compiling)",
+        highlight=False, soft_wrap=True,
+    )
+    err.print(f"wrote {result.out}" + (f" (COCO results: {result.results_path})"
+                                        if result.results_path else ""),
+              highlight=False, soft_wrap=True)  # fmt: skip
+    if as_json:
+        _print_json(result.to_json())
+
+
 # --- weights -------------------------------------------------------------------------
 
 weights_app = typer.Typer(

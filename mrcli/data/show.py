@@ -52,7 +52,9 @@ def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: Iterable[np.ndarray], lab
     for i in range(n):
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         c = tuple(int(v) for v in colours[i])
-        draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=c, width=1 if crowd[i] else 2)
+        # (a box under a pixel wide still gets drawn: PIL refuses x2 < x1)
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=c,
+                       width=1 if crowd[i] else 2)
         text = ("crowd: " if crowd[i] else "") + labels[i]
         if scores is not None:
             text += f" {float(scores[i]):.2f}"
