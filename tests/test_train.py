@@ -189,3 +189,40 @@ def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, data_dir, monke
         train_lib.train(cfg, tmp_path / "nan", data_dir=data_dir)
     assert (tmp_path / "nan" / "checkpoints" / "2").is_dir()
     assert not (tmp_path / "nan" / "checkpoints" / "4").exists()
+
+
+def test_model_on_eight_devices_matches_one(data_dir):
+    """The same global batch on 8 devices and on 1 gives the same parameters."""
+    from mrcli import model as model_lib
+    from mrcli import train as train_lib
+    from mrcli.data import pipeline
+    from mrcli.data.store import find_dataset
+
+    cfg = c.resolve("tiny", MICRO)
+    ds = find_dataset("shapes", data_dir)
+    batches = pipeline.train_batches(cfg, ds, num_steps=2, num_workers=0)
+    data = list(batches)
+    model, state = model_lib.create(cfg.model, seed=0)
+    # Host copies: the step donates its state, so each run gets its own arrays.
+    params, constants = jax.tree.map(np.asarray, model_lib.split_params(state))
+    tx = train_lib.make_optimizer(cfg.train)
+
+    def run(devices):
+        mesh = train_lib.make_mesh(devices)
+        step = train_lib.make_train_step(train_lib.model_loss(model), tx, mesh)
+        st = jax.device_put(train_lib.init_state(params, tx, 0, constants),
+                            train_lib.replicated(mesh))  # fmt: skip
+        for batch in data:
+            st, metrics = step(st, train_lib.shard_batch(batch, mesh))
+        return jax.device_get(st.params), jax.device_get(st.constants), float(metrics["loss"])
+
+    p8, c8, loss8 = run(jax.devices())
+    p1, c1, loss1 = run(jax.devices()[:1])
+    assert loss8 == pytest.approx(loss1, rel=1e-4)
+    flat8, flat1 = jax.tree.leaves(p8), jax.tree.leaves(p1)
+    assert len(flat8) == len(flat1) > 10
+    for a, b in zip(flat8, flat1):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    # Frozen weights and constants are inputs of the step, never updated.
+    for a, b in zip(jax.tree.leaves(c8), jax.tree.leaves(constants)):
+        np.testing.assert_array_equal(a, b)
