@@ -728,6 +728,52 @@ def predict(
         _print_json(result.to_json())
 
 
+# --- quickstart ----------------------------------------------------------------------
+
+
+@app.command()
+def quickstart(
+    workdir: Annotated[
+        str, typer.Option("--workdir", help="Run directory for the tiny model.")
+    ] = "runs/quickstart",
+    sets: _Sets = None,
+    data_dir: _DataDir = None,
+    as_json: _Json = False,
+) -> None:
+    """The whole workflow on the built-in data, on this CPU, in minutes.
+
+    Prepares the synthetic shapes dataset, trains the `tiny` recipe, evaluates
+    it (COCO box and mask AP) and writes prediction overlays for a few images.
+    Run it again to reuse the data and the trained model.
+
+    Example: mrcli quickstart --workdir runs/quickstart
+    """
+    from mrcli.quickstart import run as quickstart_run
+
+    _enable_compilation_cache()
+    progress = _TrainProgress()
+
+    def report(kind: str, data: dict[str, Any]) -> None:
+        if kind == "stage":
+            progress.bar.console.print(f"[bold cyan]== {data['name']}[/]")
+        else:
+            progress(kind, data)
+
+    try:
+        result = quickstart_run(workdir, data_dir=data_dir, sets=sets or [], report=report)
+    finally:
+        progress.stop()
+    err.print(
+        f"mask AP {result.eval['segm_AP']:.3f}, box AP {result.eval['bbox_AP']:.3f} on the shapes "
+        f"val split ({', '.join(f'{k} {v:.0f} s' for k, v in result.seconds.items())})",
+        highlight=False,
+    )
+    err.print(f"overlays: {result.overlays}", highlight=False, soft_wrap=True)
+    if as_json:
+        _print_json({"workdir": str(result.workdir), "overlays": str(result.overlays),
+                     "seconds": result.seconds, **result.eval})  # fmt: skip
+
+
 # --- weights -------------------------------------------------------------------------
 
 weights_app = typer.Typer(
@@ -776,6 +822,122 @@ def weights_import(
     )
     if as_json:
         _print_json(summary)
+
+
+# --- export --------------------------------------------------------------------------
+
+_BUILTIN = "<model's dataset>"
+
+
+def _print_verify(report: Any) -> None:
+    def num(v: float, fmt: str) -> str:
+        return "-" if v != v else format(v, fmt)
+
+    table = Table(title=f"verify {report.artifact}: exported vs native")
+    for name, justify in (("image", "left"), ("size", "right"), ("detections", "right"),
+                          ("classes", "center"), ("box diff px", "right"), ("mask IoU", "right"),
+                          ("score diff", "right"), ("", "center")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in report.rows:
+        table.add_row(r.name, f"{r.height}x{r.width}", f"{r.exported} / {r.native}",
+                      "same" if r.same_classes else "[red]differ[/]", num(r.max_box_diff, ".3f"),
+                      num(r.min_mask_iou, ".4f"), num(r.max_score_diff, ".1e"),
+                      "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")  # fmt: skip
+    table.caption = ("detections: exported / native; box diff: largest coordinate difference, "
+                     "original pixels; mask IoU: smallest, pasted masks")
+    err.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[str, typer.Option("--out", help="Directory to write the exported model to.")],
+    workdir: Annotated[
+        Optional[str], typer.Option("--workdir", help="A training run's directory.")
+    ] = None,
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
+                     "directory (`mrcli weights import`)."),
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="stablehlo (jax.export; needs only jax) or savedmodel "
+                          "(TensorFlow, via jax2tf; pip install 'mrcli\\[tf]').")
+    ] = "stablehlo",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per call.")] = 1,
+    image_size: Annotated[
+        Optional[str],
+        typer.Option("--image-size", help="HxW padded model input (the bucket), multiples of "
+                     "data.size_divisor; default: the config's first bucket."),
+    ] = None,
+    max_input_size: Annotated[
+        Optional[str],
+        typer.Option("--max-input-size", help="HxW of the largest raw image the artifact "
+                     "takes; default: --image-size."),
+    ] = None,
+    platforms: Annotated[
+        str, typer.Option("--platforms", help="Comma-separated: cpu, cuda, rocm, tpu.")
+    ] = "cpu,cuda",
+    verify: Annotated[
+        Optional[str],
+        typer.Option("--verify", is_flag=False, flag_value=_BUILTIN, metavar="[IMAGES]",
+                     help="Run the artifact and the native model and fail (exit 1) unless they "
+                     "agree: on IMAGES (a folder, file or glob), or, with no value, on the model "
+                     "dataset's eval split."),
+    ] = None,
+    verify_only: Annotated[
+        bool, typer.Option("--verify-only", help="Verify the export already at --out; write "
+                           "nothing (with --verify IMAGES, else the dataset's images).")
+    ] = False,
+    max_images: Annotated[
+        int, typer.Option("--max-images", help="Verify on at most this many images (0 = all).")
+    ] = 8,
+    data_dir: _DataDir = None,
+    as_json: _Json = False,
+) -> None:
+    """Export a trained model as a serving artifact: preprocessing, model and
+    post-processing in one function, raw uint8 images in, detections in
+    original pixels out (see README, Export).
+
+    Examples:
+
+      mrcli export --workdir runs/tiny --out exported/ --verify
+
+      mrcli export --checkpoint coco_r50/ --out exported/ --image-size 800x1344 --verify photos/
+
+      mrcli export --workdir runs/tiny --out exported_tf/ --format savedmodel --platforms cpu
+
+      mrcli export --workdir runs/tiny --out exported/ --verify-only --verify photos/
+    """
+    from mrcli.export import run as export_run
+
+    _enable_compilation_cache()
+    source = None if verify in (None, _BUILTIN) else verify
+    result = export_run(out, workdir=workdir, checkpoint=checkpoint, format=format,
+                        batch_size=batch_size, image_size=image_size,
+                        max_input_size=max_input_size, platforms=platforms,
+                        verify_source=source, do_verify=verify is not None,
+                        verify_only=verify_only, max_verify_images=max_images,
+                        data_dir=data_dir, report=lambda text: err.print(text, style="dim"))  # fmt: skip
+    data: dict[str, Any] = {}
+    if result.export is not None:
+        rec = result.export.record
+        err.print(f"exported {rec['artifact']} to {result.export.path}: batch {rec['batch_size']}, "
+                  f"images up to {rec['max_input_size'][0]}x{rec['max_input_size'][1]}, model input "
+                  f"{rec['bucket'][0]}x{rec['bucket'][1]}, platforms {','.join(rec['platforms'])}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+        data.update({"out": str(result.export.path), "record": rec,
+                     "seconds": round(result.export.seconds, 2)})  # fmt: skip
+    if result.verify is not None:
+        _print_verify(result.verify)
+        data["verify"] = result.verify.to_json()
+    if as_json:
+        _print_json(data)
+    if result.verify is not None and not result.verify.ok:
+        bad = sum(not r.ok for r in result.verify.rows)
+        err.print(f"[bold red]verify failed:[/] the exported model disagrees with the native model "
+                  f"on {bad} of {len(result.verify.rows)} image(s) (boxes within 0.5 px, mask IoU "
+                  "> 0.99, same classes)", highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
