@@ -16,7 +16,7 @@ from flax import nnx
 
 from mrcli.config import ModelConfig
 from mrcli.model.backbone import compute_dtype
-from mrcli.model.layers import Conv, Deconv2x2, Linear, c2_xavier, he_fan_out, normal
+from mrcli.model.layers import Conv, Deconv2x2, Linear, normal
 
 Array = jax.Array
 
@@ -128,4 +128,4 @@ class UNetMaskHead(nnx.Module):
         return self.predictor(y).astype(jnp.float32)
 
 
-__all__ = ["RPNHead", "BoxHead", "MaskHead", "UNetMaskHead", "he_fan_out", "c2_xavier"]
+__all__ = ["BoxHead", "MaskHead", "RPNHead", "UNetMaskHead"]

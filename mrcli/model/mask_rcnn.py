@@ -227,8 +227,7 @@ def abstract(cfg: ModelConfig) -> tuple[Model, nnx.State]:
 def count_parameters(state: nnx.State) -> int:
     """Number of weights (trainable and frozen), not counting frozen-BN constants,
     as torchvision counts `parameters()` (its FrozenBatchNorm2d holds buffers)."""
-    from mrcli.model.layers import Constant, Frozen
+    from mrcli.model.layers import Frozen
 
-    params = nnx.filter_state(state, nnx.Param, Frozen)
-    del Constant
+    params = nnx.filter_state(state, nnx.Param, Frozen)  # not the Constant BN values
     return sum(int(x.size) for x in jax.tree.leaves(params))
