@@ -72,13 +72,18 @@ def decay_mask(params: PyTree) -> PyTree:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """SGD with momentum 0.9, weight decay added to the gradient as PyTorch's
-    SGD does (decoupled from nothing), optional global-norm clipping."""
+    """SGD with momentum, weight decay added to the gradient before momentum as
+    PyTorch's SGD does; or AdamW with decoupled weight decay. Both decay
+    kernels only, with optional global-norm clipping first."""
     parts = []
     if cfg.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-    parts.append(optax.sgd(learning_rate(cfg), momentum=cfg.momentum))
+    if cfg.optimizer == "adamw":
+        parts.append(optax.adamw(learning_rate(cfg), weight_decay=cfg.weight_decay,
+                                 mask=decay_mask))  # fmt: skip
+    else:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
+        parts.append(optax.sgd(learning_rate(cfg), momentum=cfg.momentum))
     return optax.chain(*parts)
 
 

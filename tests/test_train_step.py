@@ -88,3 +88,14 @@ def test_eight_devices_match_one():
     assert m8["loss"] == pytest.approx(float(m1["loss"]), rel=1e-5)
     assert float(m8["lr"]) == pytest.approx(0.01)  # after the decay at step 3
     assert np.isfinite(m8["grad_norm"]) and m8["grad_norm"] > 0
+
+
+def test_adamw_decays_kernels_only():
+    params = {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))}
+    cfg = TrainConfig(optimizer="adamw", base_lr=1.0, lr_reference_batch=16, global_batch=16,
+                      warmup_steps=0, weight_decay=0.5)  # fmt: skip
+    tx = make_optimizer(cfg)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    # Zero gradient: Adam's step is 0; decoupled decay is -lr * decay * param.
+    assert np.allclose(updates["kernel"], -0.5) and np.allclose(updates["bias"], 0.0)
