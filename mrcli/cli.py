@@ -826,25 +826,23 @@ def weights_import(
 
 # --- export --------------------------------------------------------------------------
 
-_BUILTIN = "<model's dataset>"
-
 
 def _print_verify(report: Any) -> None:
     def num(v: float, fmt: str) -> str:
         return "-" if v != v else format(v, fmt)
 
     table = Table(title=f"verify {report.artifact}: exported vs native")
-    for name, justify in (("image", "left"), ("size", "right"), ("detections", "right"),
-                          ("classes", "center"), ("box diff px", "right"), ("mask IoU", "right"),
-                          ("score diff", "right"), ("", "center")):
+    for name, justify in (("image", "left"), ("size", "right"), ("dets", "right"),
+                          ("classes", "center"), ("box px", "right"), ("mask IoU", "right"),
+                          ("score", "right"), ("", "center")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in report.rows:
         table.add_row(r.name, f"{r.height}x{r.width}", f"{r.exported} / {r.native}",
                       "same" if r.same_classes else "[red]differ[/]", num(r.max_box_diff, ".3f"),
                       num(r.min_mask_iou, ".4f"), num(r.max_score_diff, ".1e"),
                       "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")  # fmt: skip
-    table.caption = ("detections: exported / native; box diff: largest coordinate difference, "
-                     "original pixels; mask IoU: smallest, pasted masks")
+    table.caption = ("dets: exported / native; box px: largest coordinate difference "
+                     "(original pixels); mask IoU: smallest (pasted masks); score: largest difference")
     err.print(table)
 
 
@@ -878,15 +876,18 @@ def export_cmd(
         str, typer.Option("--platforms", help="Comma-separated: cpu, cuda, rocm, tpu.")
     ] = "cpu,cuda",
     verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Run the artifact and the native model and fail (exit 1) "
+                     "unless they agree; on the model dataset's eval split unless --verify-images."),
+    ] = False,
+    verify_images: Annotated[
         Optional[str],
-        typer.Option("--verify", is_flag=False, flag_value=_BUILTIN, metavar="[IMAGES]",
-                     help="Run the artifact and the native model and fail (exit 1) unless they "
-                     "agree: on IMAGES (a folder, file or glob), or, with no value, on the model "
-                     "dataset's eval split."),
+        typer.Option("--verify-images", metavar="IMAGES",
+                     help="Verify on these images (a folder, file or quoted glob); implies --verify."),
     ] = None,
     verify_only: Annotated[
-        bool, typer.Option("--verify-only", help="Verify the export already at --out; write "
-                           "nothing (with --verify IMAGES, else the dataset's images).")
+        bool, typer.Option("--verify-only", help="Verify the export already at --out against the "
+                           "model; write nothing.")
     ] = False,
     max_images: Annotated[
         int, typer.Option("--max-images", help="Verify on at most this many images (0 = all).")
@@ -902,20 +903,19 @@ def export_cmd(
 
       mrcli export --workdir runs/tiny --out exported/ --verify
 
-      mrcli export --checkpoint coco_r50/ --out exported/ --image-size 800x1344 --verify photos/
+      mrcli export --checkpoint coco_r50/ --out exported/ --image-size 800x1344 --verify-images photos/
 
       mrcli export --workdir runs/tiny --out exported_tf/ --format savedmodel --platforms cpu
 
-      mrcli export --workdir runs/tiny --out exported/ --verify-only --verify photos/
+      mrcli export --workdir runs/tiny --out exported/ --verify-only --verify-images photos/
     """
     from mrcli.export import run as export_run
 
     _enable_compilation_cache()
-    source = None if verify in (None, _BUILTIN) else verify
     result = export_run(out, workdir=workdir, checkpoint=checkpoint, format=format,
                         batch_size=batch_size, image_size=image_size,
                         max_input_size=max_input_size, platforms=platforms,
-                        verify_source=source, do_verify=verify is not None,
+                        verify_source=verify_images, do_verify=verify,
                         verify_only=verify_only, max_verify_images=max_images,
                         data_dir=data_dir, report=lambda text: err.print(text, style="dim"))  # fmt: skip
     data: dict[str, Any] = {}
