@@ -289,7 +289,7 @@ def test_verify_catches_a_corrupted_weight(work, exported):
     assert "record" not in data and not data["verify"]["ok"]
     assert any(not r["ok"] for r in data["verify"]["images"])
     assert "FAIL" in result.stderr and "verify failed" in result.stderr
-    assert (bad / "weights.npz").stat().st_mtime > 0  # --verify-only wrote nothing else
+    # --verify-only wrote nothing.
     assert sorted(p.name for p in bad.iterdir()) == ["export.json", "model.stablehlo", "weights.npz"]
 
 
