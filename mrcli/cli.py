@@ -420,6 +420,15 @@ _Sets = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a config field: --set section.field=value (repeatable)."),
 ]
+# Which trained model a command uses (eval, predict, export; mrcli.train.load_trained).
+_ModelWorkdir = Annotated[
+    Optional[str], typer.Option("--workdir", help="A training run's directory.")
+]
+_ModelCheckpoint = Annotated[
+    Optional[str],
+    typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
+                 "directory (`mrcli weights import`)."),
+]
 
 
 def _enable_compilation_cache() -> None:
@@ -548,14 +557,8 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    workdir: Annotated[
-        Optional[str], typer.Option("--workdir", help="A training run's directory.")
-    ] = None,
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
-                     "directory (`mrcli weights import`)."),
-    ] = None,
+    workdir: _ModelWorkdir = None,
+    checkpoint: _ModelCheckpoint = None,
     data: Annotated[
         Optional[str], typer.Option("--data", help="Dataset (default: the model's own).")
     ] = None,
@@ -665,14 +668,8 @@ def predict(
                        "('photos/**/*.jpg'). JPEG, PNG, BMP, WebP."),
     ],
     out: Annotated[str, typer.Option("--out", help="Output folder; mirrors the input tree.")],
-    workdir: Annotated[
-        Optional[str], typer.Option("--workdir", help="A training run's directory.")
-    ] = None,
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
-                     "directory (`mrcli weights import`)."),
-    ] = None,
+    workdir: _ModelWorkdir = None,
+    checkpoint: _ModelCheckpoint = None,
     score: Annotated[
         float, typer.Option("--score", help="Keep detections scoring above this.")
     ] = 0.5,
@@ -849,14 +846,8 @@ def _print_verify(report: Any) -> None:
 @app.command("export")
 def export_cmd(
     out: Annotated[str, typer.Option("--out", help="Directory to write the exported model to.")],
-    workdir: Annotated[
-        Optional[str], typer.Option("--workdir", help="A training run's directory.")
-    ] = None,
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
-                     "directory (`mrcli weights import`)."),
-    ] = None,
+    workdir: _ModelWorkdir = None,
+    checkpoint: _ModelCheckpoint = None,
     format: Annotated[
         str, typer.Option("--format", help="stablehlo (jax.export; needs only jax) or savedmodel "
                           "(TensorFlow, via jax2tf; pip install 'mrcli\\[tf]').")
