@@ -45,9 +45,13 @@ def config(base: Config) -> Config:
             "model.mask_head_dim": 64,
             "model.detections_per_image": 20,
             "train.global_batch": 8,
-            "train.steps": 1500,
-            "train.warmup_steps": 100,
-            "train.decay_steps": (1200,),
+            # From scratch, AdamW learns this in far fewer steps than SGD: at
+            # 450 steps mask AP 0.226 vs 0.13 (SGD, LR 0.02) and 0.0 (SGD, 0.08).
+            "train.optimizer": "adamw",
+            "train.base_lr": 0.004,  # 0.002 at batch 8
+            "train.steps": 1000,
+            "train.warmup_steps": 50,
+            "train.decay_steps": (800,),
             "train.checkpoint_every": 250,
             "train.eval_every": 500,
             "train.log_every": 10,
