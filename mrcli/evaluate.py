@@ -238,8 +238,9 @@ def evaluate_model(
     """Run inference over `split` in fixed-shape batches, write the COCO results
     file (streaming), and score it with COCOeval (bbox, and segm with masks).
 
-    `categories` is the model's category map (a checkpoint's); it must be the
-    dataset's. `report(done, total)` is called after each batch."""
+    `categories` is the model's category map (a checkpoint's); it must cover
+    the dataset's (check_categories). `report(done, total)` is called after
+    each batch."""
     import tempfile
 
     import jax
@@ -247,6 +248,12 @@ def evaluate_model(
     from mrcli.data import pipeline
     from mrcli.train import data_sharded, make_mesh, replicated
 
+    if jax.process_count() > 1:
+        from mrcli.errors import UserError
+
+        # Each process would see only its shard of the split; merging the
+        # per-process results files is not written yet.
+        raise UserError("evaluation runs on one host: run `mrcli eval` without jax.distributed")
     categories = categories if categories is not None else dataset.categories
     check_categories(categories, dataset.categories, dataset.name)
     dataset_ids = [0] * (1 + max(c["contiguous_id"] for c in categories))

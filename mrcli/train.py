@@ -492,7 +492,8 @@ def train(
                 state, metrics = step_fn(state, shard_batch(batch, mesh))
                 window.append((step, metrics))
                 step += 1
-                at_eval = tc.eval_every > 0 and step % tc.eval_every == 0
+                # Periodic eval runs on one host only (see evaluate.evaluate_model).
+                at_eval = tc.eval_every > 0 and step % tc.eval_every == 0 and n_proc == 1
                 at_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps or at_eval
                 if step % tc.log_every == 0 or at_ckpt or stop.received is not None:
                     flush(step)
