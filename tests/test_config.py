@@ -81,7 +81,9 @@ def test_recipe_smoke(name):
     recipe = c.load_recipe(name)
     assert f"--recipe {name}" in recipe.doc
     assert "Expected" in recipe.doc
-    assert len(c.diff(recipe.config)) <= 30
+    # Short against the ~70 fields: the CPU recipe, which changes sizes,
+    # sampling counts and the schedule, is the longest at 32.
+    assert len(c.diff(recipe.config)) <= 35
     assert c.from_dict(c.to_dict(recipe.config)) == recipe.config
     buckets = recipe.config.data.resolved_buckets()
     assert all(h % 32 == 0 and w % 32 == 0 for h, w in buckets)
