@@ -501,6 +501,13 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
             pw, pb = np.tile(pw, (k, 1, 1, 1)), np.tile(pb, k)
         m.put("mask_head.predictor.kernel", _conv(np.concatenate([np.zeros_like(pw[:1]), pw])))
         m.put("mask_head.predictor.bias", np.concatenate([np.zeros_like(pb[:1]), pb]))
+    # Older checkpoints also hold the model's buffers: the pixel profile (used
+    # below) and the cell anchors (recomputed from the config).
+    m.used.update(k for k in sd if k.startswith("proposal_generator.anchor_generator."))
+    pixel_mean, pixel_std = (103.530, 116.280, 123.675), (1.0, 1.0, 1.0)
+    if m.has("pixel_mean") and m.has("pixel_std"):
+        pixel_mean = tuple(float(v) for v in m.get("pixel_mean").reshape(-1))
+        pixel_std = tuple(float(v) for v in m.get("pixel_std").reshape(-1))
     # Detectron2's numerics: MSRA ResNet (stride in 1x1), BGR input with mean
     # subtraction only, RoIAlignV2 (aligned), L1 box losses, exact anchors, 1000
     # post-NMS proposals per image in training (Detectron2 Base-RCNN-FPN.yaml).
@@ -517,8 +524,8 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
         smooth_l1_beta=0.0,
         rpn_post_nms_topk_train=1000,
         pixel_order="bgr",
-        pixel_mean=(103.530, 116.280, 123.675),
-        pixel_std=(1.0, 1.0, 1.0),
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
     )
     return m, cfg
 

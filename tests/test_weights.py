@@ -165,7 +165,12 @@ def test_torchvision_and_detectron2_mappings_agree(tmp_path, tv_state_dict):
     torch.save({k: torch.from_numpy(v) for k, v in tv_state_dict.items()}, tv_path)
     d2_path = tmp_path / "model_final.pkl"
     with open(d2_path, "wb") as f:
-        pickle.dump({"model": _detectron2_names(tv_state_dict), "__author__": "test"}, f)
+        d2 = _detectron2_names(tv_state_dict)
+        # buffers older Detectron2 checkpoints carry
+        d2["pixel_mean"] = np.array([103.53, 116.28, 123.675], np.float32).reshape(3, 1, 1)
+        d2["pixel_std"] = np.array([57.375, 57.12, 58.395], np.float32).reshape(3, 1, 1)
+        d2["proposal_generator.anchor_generator.cell_anchors.0"] = np.zeros((3, 4), np.float32)
+        pickle.dump({"model": d2, "__author__": "test"}, f)
 
     a_state, a_cfg, a_cats, a_partial = weights.convert("torchvision", tv_path)
     b_state, b_cfg, b_cats, b_partial = weights.convert("detectron2", d2_path)
@@ -173,6 +178,7 @@ def test_torchvision_and_detectron2_mappings_agree(tmp_path, tv_state_dict):
     assert not a_partial and not b_partial
     assert (b_cfg.stride_in_1x1, b_cfg.aligned, b_cfg.pixel_order, b_cfg.smooth_l1_beta) == (True, True, "bgr", 0.0)
     assert not b_cfg.torchvision_anchors
+    np.testing.assert_allclose(b_cfg.pixel_std, (57.375, 57.12, 58.395), rtol=1e-6)
     assert a_cats[0]["contiguous_id"] == 1 and b_cats is None  # 90 classes: not Detectron2's COCO
     fa, fb = checkpoints.flatten(a_state), checkpoints.flatten(b_state)
     assert set(fa) == set(fb)
