@@ -16,6 +16,7 @@ devices and each process feeds its own shard of the global batch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -287,12 +288,22 @@ def _checkpoint_manager(workdir: Path, keep: int, read_only: bool = False):
         enable_async_checkpointing=False,
         read_only=read_only,
         create=not read_only,
+        save_interval_steps=0 if read_only else 1,
     )
-    return ocp.CheckpointManager(
-        (workdir / CHECKPOINTS).resolve(),
-        options=options,
-        item_names=("model", "opt", "data", "record"),
-    )
+    # Reading a run (eval, predict, export) opens it read-only on purpose;
+    # orbax warns about that through absl at WARNING, which users need not see.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only:
+        absl_logger.setLevel(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(
+            (workdir / CHECKPOINTS).resolve(),
+            options=options,
+            item_names=("model", "opt", "data", "record"),
+        )
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _pure_tree(state: Any) -> Any:
