@@ -109,17 +109,23 @@ def save(
             "source": source or {},
         }
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished directory `tmp` to `target`; an old `target` is moved
+    aside first and deleted only after, so a crash leaves one complete copy."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
 
 
 def read_record(directory: str | Path) -> dict[str, Any]:

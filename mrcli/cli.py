@@ -443,18 +443,23 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _step_bar(label: str, transient: bool = False):
+    """A rich progress bar on stderr: label, bar, done/total, an `info` field, elapsed, ETA."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
+
+    return Progress(
+        TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), console=err, transient=transient,
+    )  # fmt: skip
+
+
 class _TrainProgress:
     """The train loop's reports as a rich progress bar and log lines on stderr."""
 
     def __init__(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
-
-        self.bar = Progress(
-            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=err,
-        )  # fmt: skip
+        self.bar = _step_bar("train")
         self.task = None
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
@@ -633,14 +638,7 @@ class _PredictProgress:
     """predict's reports as a rich progress bar (stderr), skipped files as lines above it."""
 
     def __init__(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
-
-        self.bar = Progress(
-            TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=err, transient=True,
-        )  # fmt: skip
+        self.bar = _step_bar("predict", transient=True)
         self.task = None
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:

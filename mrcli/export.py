@@ -70,6 +70,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mrcli import __version__
+from mrcli.checkpoints import replace_dir
 from mrcli.errors import UserError
 
 FORMAT = "mrcli-export/1"
@@ -253,16 +254,6 @@ def _prepare_target(out: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished `tmp` into place; an old export there goes only after."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
-
 
 def export_model(
     trained: Any,  # mrcli.train.TrainedModel
@@ -351,7 +342,7 @@ def export_model(
             record["versions"]["tensorflow"] = tf.__version__
             record["signature_name"] = "serving_default"
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
