@@ -155,7 +155,7 @@ def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, data_dir, monke
 
         def fn(params, constants, batch, rng):
             loss, metrics = loss_fn(params, constants, batch, rng)
-            # batch["image_id"] is the same per step in this run; poison by step via rng-free marker
+            # The iterator below adds a "poison" factor per batch: NaN at step 3.
             return loss * batch["poison"][0], metrics
 
         return fn
