@@ -23,6 +23,8 @@ from mrcli import config as c
 from mrcli import predict as P
 from mrcli.errors import UserError
 
+from cli_runner import run_cli
+
 MICRO = [
     "data.image_size=64", "data.max_size=64",
     "model.width=8", "model.fpn_channels=16", "model.anchor_sizes=8,16,32,64,128",
@@ -261,17 +263,6 @@ def test_user_errors(ckpt, tree, tmp_path):
     assert P.parse_formats(None, masks=False) == ("json", "overlay")
 
 
-def _cli(capsys, *args):
-    from mrcli.cli import app
-
-    capsys.readouterr()
-    try:
-        app(list(args), prog_name="mrcli")
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_refuses_to_overwrite_then_overwrites(ckpt, tree, tmp_path, capsys, monkeypatch):
@@ -282,7 +273,7 @@ def test_cli_refuses_to_overwrite_then_overwrites(ckpt, tree, tmp_path, capsys, 
     out = tmp_path / "out"
     args = ["predict", str(tree / "sub"), "--out", str(out), "--checkpoint", str(ckpt),
             "--score", SCORE, "--batch-size", "4"]  # fmt: skip
-    code, stdout, err = _cli(capsys, *args, "--json")
+    code, stdout, err = run_cli(capsys, *args, "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["num_images"] == 4 and summary["num_skipped"] == 1
@@ -290,11 +281,11 @@ def test_cli_refuses_to_overwrite_then_overwrites(ckpt, tree, tmp_path, capsys, 
     assert "skipped 1 unreadable file(s)" in err and "images/s" in err and "broken.jpg" in err
     label_map = out / "masks" / "b.png"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    code, stdout, err = _cli(capsys, *args)
+    code, stdout, err = run_cli(capsys, *args)
     assert code == 2 and stdout == "" and "Traceback" not in err
     assert "already exists" in err and "--overwrite" in err and str(out) in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
-    code, _, err = _cli(capsys, *args, "--overwrite", "--format", "png")
+    code, _, err = run_cli(capsys, *args, "--overwrite", "--format", "png")
     assert code == 0, err
     assert label_map.stat().st_mtime_ns > before[label_map]
     assert (out / "masks" / "exif.json").stat().st_mtime_ns == before[out / "masks" / "exif.json"]

@@ -12,22 +12,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
 
+from cli_runner import run_cli  # noqa: F401  (the data tests import it from here)
+
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `mrcli ARGS` in this process: (exit code, stdout, stderr)."""
-    from mrcli.cli import app
-
-    capsys.readouterr()
-    try:
-        app(list(args), prog_name="mrcli")
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def leftovers(data_dir: Path) -> list[str]:
