@@ -25,6 +25,8 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcli.files import write_json_atomic
+
 # COCOeval.summarize's 12 numbers, in its order.
 STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -297,7 +299,7 @@ def evaluate_model(
     if out_dir is not None:
         for result in (bbox, segm):
             if result is not None:
-                _write_json(out / f"{result.iou_type}.json", {
+                write_json_atomic(out / f"{result.iou_type}.json", {
                     "stats": result.stats,
                     "per_class_ap": {str(k): v for k, v in result.per_class_ap.items()},
                     "num_images": len(image_ids),
@@ -357,7 +359,3 @@ def run_eval(
                           max_images=max_images, categories=categories)  # fmt: skip
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

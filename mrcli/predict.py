@@ -66,6 +66,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mrcli.errors import UserError
+from mrcli.files import write_bytes_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FORMATS = ("png", "json", "overlay")
@@ -428,9 +429,7 @@ def _write_side(path: Path, record: dict[str, Any]) -> None:
     head = json.dumps({k: v for k, v in record.items() if k != "instances"})[:-1]
     lines = [json.dumps(i) for i in record["instances"]]
     body = "\n  " + ",\n  ".join(lines) + "\n" if lines else ""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f'{head}, "instances": [{body}]}}\n')
-    os.replace(tmp, path)
+    write_bytes_atomic(path, f'{head}, "instances": [{body}]}}\n'.encode())
 
 
 @functools.lru_cache(maxsize=8)

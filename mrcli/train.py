@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mrcli import config as config_lib
 from mrcli.config import Config, TrainConfig
 from mrcli.errors import UserError
+from mrcli.files import write_json_atomic
 
 PyTree = Any
 # loss_fn(params, constants, batch, rng) -> (scalar loss, dict of scalar metrics);
@@ -221,12 +222,6 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def check_workdir(workdir: Path, cfg: Config, dataset_name: str, fingerprint: str,
                   categories: list[dict[str, Any]]) -> bool:  # fmt: skip
     """Create WORKDIR/run.json, or check that this run may continue the one there.
@@ -244,7 +239,7 @@ def check_workdir(workdir: Path, cfg: Config, dataset_name: str, fingerprint: st
         "categories": categories,
     }
     if not path.exists():
-        _write_json_atomic(path, record)
+        write_json_atomic(path, record)
         return False
     try:
         old = json.loads(path.read_text())
@@ -268,7 +263,7 @@ def check_workdir(workdir: Path, cfg: Config, dataset_name: str, fingerprint: st
             f"{workdir} holds a run with another config ({detail}). Run the same recipe and "
             "--set options to resume, or use a new --workdir"
         )
-    _write_json_atomic(path, record)
+    write_json_atomic(path, record)
     return True
 
 

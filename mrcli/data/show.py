@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,6 +18,7 @@ from mrcli.data import masks as masklib
 from mrcli.data import pipeline
 from mrcli.data.store import Dataset
 from mrcli.errors import UserError
+from mrcli.files import write_bytes_atomic
 
 # Distinct colours (Glasbey-like), one per instance in an image.
 PALETTE = np.array(
@@ -69,9 +69,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     """Write an image array (RGB [H, W, 3] uint8, or [H, W] uint8 / uint16) as a PNG, atomically."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def raw_overlay(dataset: Dataset, split: str, index: int) -> tuple[int, np.ndarray]:
