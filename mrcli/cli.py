@@ -507,8 +507,9 @@ def train(
     sets: _Sets = None,
     init_from: Annotated[
         Optional[str],
-        typer.Option("--init-from", help="Start from these weights (a `mrcli weights import` "
-                     "directory: a backbone or a full model)."),
+        typer.Option("--init-from", help="Start from these weights: a `mrcli weights import` "
+                     "directory (a backbone or a full model) or another run's workdir (its best "
+                     "checkpoint). Arrays of another shape (another class count) are skipped."),
     ] = None,
     distributed: Annotated[
         bool, typer.Option("--distributed", help="Join a multi-host run (jax.distributed); "

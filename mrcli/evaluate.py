@@ -54,8 +54,13 @@ def to_coco_results(
     dataset_ids: Sequence[int],  # dataset_ids[k] = dataset category id of contiguous k (0 unused)
     masks: np.ndarray | None = None,  # [D,H,W] bool, pasted into the original image
 ) -> list[dict[str, Any]]:
-    """One image's valid detections as COCO result dicts (bbox xywh, segmentation RLE)."""
-    keep = np.flatnonzero(np.asarray(valid, bool))
+    """One image's valid detections as COCO result dicts (bbox xywh, segmentation RLE).
+
+    A class the category map does not name (dataset id 0: the unused "N/A"
+    outputs of torchvision's 91-slot COCO models) is left out."""
+    ids = np.asarray(dataset_ids)
+    named = ids[np.clip(np.asarray(classes, np.int64), 0, len(ids) - 1)] > 0
+    keep = np.flatnonzero(np.asarray(valid, bool) & named)
     rles = encode_masks(np.asarray(masks)[keep]) if masks is not None else None
     results = []
     for j, d in enumerate(keep):
@@ -70,6 +75,14 @@ def to_coco_results(
             result["segmentation"] = rles[j]
         results.append(result)
     return results
+
+
+def dataset_id_table(categories: Sequence[dict[str, Any]]) -> list[int]:
+    """A category map -> `table[contiguous_id] = dataset id` (0 where no category)."""
+    table = [0] * (1 + max(int(c["contiguous_id"]) for c in categories))
+    for c in categories:
+        table[int(c["contiguous_id"])] = int(c["id"])
+    return table
 
 
 class ResultsWriter:
@@ -258,9 +271,7 @@ def evaluate_model(
         raise UserError("evaluation runs on one host: run `mrcli eval` without jax.distributed")
     categories = categories if categories is not None else dataset.categories
     check_categories(categories, dataset.categories, dataset.name)
-    dataset_ids = [0] * (1 + max(c["contiguous_id"] for c in categories))
-    for c in categories:
-        dataset_ids[c["contiguous_id"]] = c["id"]
+    dataset_ids = dataset_id_table(categories)
     mesh = mesh if mesh is not None else make_mesh()
     n_dev = mesh.devices.size
     batch_size = cfg.eval.batch_size

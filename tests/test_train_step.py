@@ -99,3 +99,30 @@ def test_adamw_decays_kernels_only():
     updates, _ = tx.update(zero, tx.init(params), params)
     # Zero gradient: Adam's step is 0; decoupled decay is -lr * decay * param.
     assert np.allclose(updates["kernel"], -0.5) and np.allclose(updates["bias"], 0.0)
+
+
+@pytest.mark.parametrize(
+    ("xla_flags", "batch", "cores", "want"),
+    [("", 8, 2, 2), ("", 6, 4, 2), ("", 8, 1, 1), ("--xla_force_host_platform_device_count=3", 8, 2, 3)],
+)
+def test_use_cpu_cores_splits_the_cpu_before_jax_starts(xla_flags, batch, cores, want):
+    """One CPU device per core, as many as divide the global batch; XLA_FLAGS wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.cpu_count = lambda: %d\n"
+        "from mrcli.train import use_cpu_cores\n"
+        "n = use_cpu_cores(%d)\n"
+        "import jax\n"
+        "devices = jax.device_count()\n"
+        "assert use_cpu_cores(%d) == 0  # the backends are up now\n"
+        "print(n, devices)\n"
+    ) % (cores, batch, batch)
+    env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    set_count, devices = map(int, out.stdout.split())
+    assert devices == want
+    assert set_count == (0 if xla_flags else want)

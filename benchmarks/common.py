@@ -1,0 +1,94 @@
+"""Helpers shared by the model and train benchmarks: synthetic batches in the
+pipeline's format, median timing, and torchvision's Mask R-CNN on this machine."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def synthetic_batch(b: int, h: int, w: int, *, n: int = 100, objects: int = 10, g: int = 112,
+                    num_classes: int = 80, seed: int = 0) -> dict[str, np.ndarray]:
+    """A training batch in the data pipeline's format (mrcli.data.pipeline): `objects`
+    boxes per image with elliptic g x g box-aligned masks, padded to `n` instances.
+    Static shapes make the cost independent of the content."""
+    rng = np.random.default_rng(seed)
+    objects = min(objects, n)
+    yy, xx = np.mgrid[0:g, 0:g] + 0.5
+    ellipse = (((yy / g - 0.5) ** 2 + (xx / g - 0.5) ** 2) < 0.25).astype(np.uint8)
+    boxes = np.zeros((b, n, 4), np.float32)
+    for i in range(b):
+        wh = rng.uniform(min(h, w) / 25, min(h, w) / 2, (objects, 2))
+        xy = rng.uniform(0, 1, (objects, 2)) * (np.array([w, h]) - wh)
+        boxes[i, :objects] = np.concatenate([xy, xy + wh], 1)
+    valid = np.zeros((b, n), bool)
+    valid[:, :objects] = True
+    return {
+        "image": rng.normal(size=(b, h, w, 3)).astype(np.float32),
+        "image_info": np.tile(np.array([h, w, 1.0, h, w], np.float32), (b, 1)),
+        "gt_boxes": boxes,
+        "gt_classes": np.where(valid, rng.integers(1, num_classes + 1, (b, n)), 0).astype(np.int32),
+        "gt_masks": np.where(valid[:, :, None, None], ellipse, 0).astype(np.uint8),
+        "gt_valid": valid,
+        "gt_crowd": np.zeros((b, n), bool),
+    }
+
+
+def median_time(fn: Callable[[], object], steps: int, warmup: bool = True) -> float:
+    """Median wall seconds of `steps` calls of `fn` (after one untimed call)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def torchvision():
+    """torchvision, importable on a CPU-only torch (tests/torchvision_ref.py), or None."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import torchvision_ref
+
+    return torchvision_ref.load()
+
+
+def torchvision_maskrcnn(depth: int, h: int, w: int, num_classes: int = 91):
+    """torchvision's MaskRCNN + resnet_fpn_backbone with FrozenBatchNorm2d and the
+    stem + res2 frozen (trainable_layers=3): the architecture of mrcli's R50/R101-FPN."""
+    import torch
+
+    torchvision()
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None,
+                                   norm_layer=FrozenBatchNorm2d, trainable_layers=3)  # fmt: skip
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=min(h, w), max_size=max(h, w))
+
+
+def torchvision_inputs(data: dict[str, np.ndarray], device: str = "cpu"):
+    """A synthetic batch as torchvision's (images in [0, 1], targets with full-image
+    masks: torchvision crops the mask targets itself)."""
+    import torch
+
+    b, h, w = data["image"].shape[:3]
+    images = [torch.from_numpy(img).permute(2, 0, 1).sigmoid().to(device) for img in data["image"]]
+    targets = []
+    for i in range(b):
+        v = data["gt_valid"][i]
+        boxes = torch.from_numpy(data["gt_boxes"][i][v])
+        masks = torch.zeros((int(v.sum()), h, w), dtype=torch.uint8)
+        for j, (x1, y1, x2, y2) in enumerate(boxes.round().int().tolist()):
+            masks[j, y1:y2, x1:x2] = 1
+        targets.append({"boxes": boxes.to(device), "masks": masks.to(device),
+                        "labels": torch.from_numpy(data["gt_classes"][i][v]).long().to(device)})  # fmt: skip
+    return images, targets
