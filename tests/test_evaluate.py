@@ -157,3 +157,17 @@ def test_no_detections_scores_zero():
     coco, _ = _gt()
     result = coco_evaluate(coco, [], "segm")
     assert result.stats["AP"] == 0.0
+
+
+def test_classes_without_a_category_are_left_out():
+    """torchvision's 91-slot COCO models have unused "N/A" outputs: a detection of
+    such a class has no dataset id and is not written (not as category 0)."""
+    from mrcli.evaluate import dataset_id_table, to_coco_results
+
+    table = dataset_id_table([{"id": 1, "contiguous_id": 1, "name": "person"},
+                              {"id": 3, "contiguous_id": 3, "name": "car"}])  # fmt: skip
+    assert table == [0, 1, 0, 3]
+    boxes = np.array([[0, 0, 4, 4]] * 4, np.float32)
+    out = to_coco_results(7, boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 2, 3, 2]),
+                          np.array([True, True, True, False]), table)  # fmt: skip
+    assert [(r["category_id"], r["score"]) for r in out] == [(1, 0.9), (3, 0.7)]
