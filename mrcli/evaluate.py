@@ -58,9 +58,7 @@ def to_coco_results(
 
     A class the category map does not name (dataset id 0: the unused "N/A"
     outputs of torchvision's 91-slot COCO models) is left out."""
-    ids = np.asarray(dataset_ids)
-    named = ids[np.clip(np.asarray(classes, np.int64), 0, len(ids) - 1)] > 0
-    keep = np.flatnonzero(np.asarray(valid, bool) & named)
+    keep = np.flatnonzero(np.asarray(valid, bool) & named_classes(dataset_ids, classes))
     rles = encode_masks(np.asarray(masks)[keep]) if masks is not None else None
     results = []
     for j, d in enumerate(keep):
@@ -83,6 +81,13 @@ def dataset_id_table(categories: Sequence[dict[str, Any]]) -> list[int]:
     for c in categories:
         table[int(c["contiguous_id"])] = int(c["id"])
     return table
+
+
+def named_classes(dataset_ids: Sequence[int], classes: np.ndarray) -> np.ndarray:
+    """classes [D] int (contiguous) -> [D] bool: the category map names that class
+    (dataset id > 0), not one of the unused "N/A" outputs of torchvision's COCO models."""
+    ids = np.asarray(dataset_ids)
+    return ids[np.clip(np.asarray(classes, np.int64), 0, len(ids) - 1)] > 0
 
 
 class ResultsWriter:

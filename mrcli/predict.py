@@ -338,12 +338,6 @@ class Categories:
             names[int(c["contiguous_id"])] = str(c["name"])
         return cls(ids, names)
 
-    def named(self, classes: np.ndarray) -> np.ndarray:
-        """classes [D] int (contiguous) -> [D] bool: the map names that class
-        (not one of the unused "N/A" outputs of torchvision's COCO models)."""
-        ids = np.asarray(self.dataset_ids)
-        return ids[np.clip(np.asarray(classes, np.int64), 0, len(ids) - 1)] > 0
-
 
 # --- the run ----------------------------------------------------------------------------------
 
@@ -468,7 +462,7 @@ def run(
     import jax
 
     from mrcli.data import pipeline
-    from mrcli.evaluate import ResultsWriter
+    from mrcli.evaluate import ResultsWriter, named_classes
     from mrcli.train import load_trained, make_mesh, replicated
 
     report = report or (lambda kind, data: None)
@@ -557,7 +551,7 @@ def run(
         dets = jax.device_get(dets)
         for i, item in enumerate(items):
             one = {k: np.asarray(v[i]) for k, v in dets.items()}
-            one["valid"] = one["valid"] & categories.named(one["classes"])
+            one["valid"] = one["valid"] & named_classes(categories.dataset_ids, one["classes"])
             inst = image_instances(one, info[i], score)
             write_outputs(item.outputs, inst, item.rgb, item.input.rel.as_posix(), item.image_id,
                           categories, writers)  # fmt: skip

@@ -26,7 +26,7 @@ PREDICT_IMAGES = 8
 class QuickstartResult:
     workdir: Path
     eval: dict[str, float]  # bbox_* and segm_* numbers on the val split
-    overlays: Path  # predict's output directory
+    overlays: Path  # the overlay PNGs predict wrote
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
     @property
@@ -106,5 +106,5 @@ def run(
     pred = predict.run(images, workdir / "predictions", workdir=workdir, checkpoint="last",
                        overwrite=True)  # fmt: skip
     seconds["predict"] = time.perf_counter() - t
-    return QuickstartResult(workdir=workdir, eval=result.summary(), overlays=pred.out,
+    return QuickstartResult(workdir=workdir, eval=result.summary(), overlays=pred.out / predict.OVERLAYS_DIR,
                             seconds=seconds)  # fmt: skip

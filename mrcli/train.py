@@ -128,7 +128,7 @@ def use_cpu_cores(global_batch: int) -> int:
     """Before JAX starts: split the CPU into one XLA device per core, as many as
     divide `global_batch` (gcd). XLA:CPU runs one device's program with intra-op
     threads that a small model's many small ops leave idle; devices run their
-    shards concurrently, so the tiny recipe's step takes 0.36 s instead of 0.49 s
+    shards concurrently, so the tiny recipe's step takes 0.42 s instead of 0.47 s
     on 2 cores (benchmarks/train.py, BENCHMARKS.md). Returns the count set, or 0
     where it does not apply: XLA_FLAGS or jax_num_cpu_devices already chose, or
     the backends are up. Accelerator hosts are unaffected: CPU devices are not

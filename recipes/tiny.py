@@ -4,10 +4,11 @@
     mrcli train --recipe tiny --data shapes --workdir runs/tiny
 
 Expected: mask AP >= 0.5 (COCO AP@[.5:.95]) on the shapes val split (the
-bar set for the quickstart). Measured: mask AP 0.259 / box AP 0.233 at step
-500, mask AP 0.521 / box AP 0.523 at step 1000 (200 val images, 2-core CPU,
-7.6 images/s with other jobs on the machine; 20 min there, so the 10-minute
-target on an idle machine is still to be measured). 128 px
+bar set for the quickstart). Measured (2-core CPU, idle, 2026-11-21; 200 val
+images; one XLA device per core): mask AP 0.234 / 0.378 / 0.526 and box AP
+0.219 / 0.350 / 0.512 at steps 500 / 750 / 1000, 18.3 images/s, 471 s of
+training; `mrcli quickstart` from a fresh clone
+(prepare, train, eval, predict): 8 min 17 s, 8 min 4 s, 7 min 56 s. 128 px
 images, a ResNet-14 (one bottleneck block per stage) 16 channels wide, 64-channel
 FPN, anchors 8..128 px, and a few RoIs per image. Trained from scratch, so
 nothing is frozen, the backbone uses GroupNorm and RoIAlign uses the
