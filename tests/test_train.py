@@ -1,5 +1,6 @@
 """`mrcli train` end to end on a micro config: exact resume after SIGKILL,
-SIGTERM saves and exits 0, workdir checks, non-finite losses, 8 vs 1 devices.
+SIGTERM saves and exits 0, workdir checks, non-finite losses, 8 vs 1 devices,
+--init-from; and one step of each paper recipe at a reduced image size.
 
 The processes share a JAX compilation cache, so only the first compiles.
 """
