@@ -64,17 +64,26 @@ def _config(args):
     return config_lib.resolve(args.recipe, sets)
 
 
-def bench_step(cfg, bucket, steps: int) -> dict:
-    """Compile and median step time of the recipe's train step at one bucket."""
+def _train_step(cfg):
+    """(jitted step, initial train state on the devices, mesh) of the recipe, as
+    `mrcli train` builds them (freshly initialised weights)."""
     from mrcli import model, train
 
-    b = cfg.train.global_batch
     m, state = model.create(cfg.model, seed=0)
     params, constants = model.split_params(state)
     tx = train.make_optimizer(cfg.train)
     mesh = train.make_mesh()
     step = train.make_train_step(train.model_loss(m), tx, mesh, train.learning_rate(cfg.train))
     ts = jax.device_put(train.init_state(params, tx, seed=0, constants=constants), train.replicated(mesh))
+    return step, ts, mesh
+
+
+def bench_step(cfg, bucket, steps: int) -> dict:
+    """Compile and median step time of the recipe's train step at one bucket."""
+    from mrcli import train
+
+    b = cfg.train.global_batch
+    step, ts, mesh = _train_step(cfg)
     n = cfg.data.max_instances
     data = synthetic_batch(b, *bucket, n=n, objects=min(10, n), g=cfg.data.mask_crop_size,
                            num_classes=cfg.model.num_classes)  # fmt: skip
@@ -94,17 +103,12 @@ def bench_step(cfg, bucket, steps: int) -> dict:
 
 def bench_pipeline(cfg, data_dir, steps: int) -> dict:
     """images/s of data pipeline + sharding + compiled step, as the train loop runs them."""
-    from mrcli import model, train
+    from mrcli import train
     from mrcli.data import pipeline
     from mrcli.data.store import find_dataset
 
     ds = find_dataset(cfg.data.dataset, data_dir)
-    m, state = model.create(cfg.model, seed=0)
-    params, constants = model.split_params(state)
-    tx = train.make_optimizer(cfg.train)
-    mesh = train.make_mesh()
-    step = train.make_train_step(train.model_loss(m), tx, mesh, train.learning_rate(cfg.train))
-    ts = jax.device_put(train.init_state(params, tx, seed=0, constants=constants), train.replicated(mesh))
+    step, ts, mesh = _train_step(cfg)
     warm = len(cfg.data.resolved_buckets()) * 4  # every bucket compiled before the clock starts
     with pipeline.train_batches(cfg, ds, num_steps=warm + steps) as batches:
         for _ in range(warm):
