@@ -117,7 +117,7 @@ def test_use_cpu_cores_splits_the_cpu_before_jax_starts(xla_flags, batch, cores,
         "n = use_cpu_cores(%d)\n"
         "import jax\n"
         "devices = jax.device_count()\n"
-        "assert use_cpu_cores(%d) == 0  # the backends are up now\n"
+        "assert use_cpu_cores(%d) == 0  # already chosen (and the backends are up)\n"
         "print(n, devices)\n"
     ) % (cores, batch, batch)
     env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
