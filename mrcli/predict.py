@@ -331,10 +331,11 @@ class Categories:
 
     @classmethod
     def from_map(cls, categories: list[dict[str, Any]]) -> Categories:
-        k = 1 + max(int(c["contiguous_id"]) for c in categories)
-        ids, names = [0] * k, ["background"] * k
+        from mrcli.evaluate import dataset_id_table
+
+        ids = dataset_id_table(categories)
+        names = ["background"] * len(ids)
         for c in categories:
-            ids[int(c["contiguous_id"])] = int(c["id"])
             names[int(c["contiguous_id"])] = str(c["name"])
         return cls(ids, names)
 
