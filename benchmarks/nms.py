@@ -29,7 +29,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from mrcli import boxes as box_ops  # noqa: E402
+from mrcli.ops import boxes as box_ops  # noqa: E402
 from mrcli.ops.nms import nms  # noqa: E402
 
 

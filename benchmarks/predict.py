@@ -19,7 +19,6 @@ seconds per image. Other load on the machine changes the wall-clock numbers.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -49,8 +48,9 @@ def main() -> None:
 
     import jax
 
+    from mrcli import inference
     from mrcli import model as model_lib
-    from mrcli.train import load_trained
+    from mrcli.runs import load_trained
 
     tmp = Path(tempfile.mkdtemp(prefix="mrcli-bench-predict-"))
     if args.checkpoint or args.workdir:
@@ -77,14 +77,13 @@ def main() -> None:
     H, W = r.buckets[0]
     x = np.random.default_rng(0).normal(size=(r.batch_size, H, W, 3)).astype(np.float32)
     info = np.tile(np.array([[H, W, 1.0, H, W]], np.float32), (r.batch_size, 1))
-    model = dataclasses.replace(trained.model, cfg=dataclasses.replace(trained.model.cfg,
-                                                                       score_threshold=args.score))
-    detect = jax.jit(model.detect)
-    jax.block_until_ready(detect(trained.state, x, info))
+    model = inference.with_score_threshold(trained.model, args.score)
+    predictor = inference.Predictor(model, trained.state, trained.config, batch_size=r.batch_size)
+    jax.block_until_ready(predictor.dispatch(x, info))
     n = max(2, args.images // r.batch_size)
     t = time.perf_counter()
     for _ in range(n):
-        jax.block_until_ready(detect(trained.state, x, info))
+        jax.block_until_ready(predictor.dispatch(x, info))
     model_ips = n * r.batch_size / (time.perf_counter() - t)
 
     out = {

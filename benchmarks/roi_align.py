@@ -65,7 +65,7 @@ def _taps(boxes, height, width, scale, n, s):
 
 def _concat_taps(features, boxes, n, s):
     flat, off, height, width, scale = _flat_levels(features, boxes)
-    index, weight = ra._tap_geometry(boxes, height, width, scale, (n, n), s, False)
+    index, weight = ra.tap_geometry(boxes, height, width, scale, (n, n), s, False)
     return ra._sum_taps(flat, index + off[:, None, None, None], weight)
 
 

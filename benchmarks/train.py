@@ -67,27 +67,28 @@ def _config(args):
 def _train_step(cfg):
     """(jitted step, initial train state on the devices, mesh) of the recipe, as
     `mrcli train` builds them (freshly initialised weights)."""
-    from mrcli import model, train
+    from mrcli import model, parallel, train
 
     m, state = model.create(cfg.model, seed=0)
     params, constants = model.split_params(state)
     tx = train.make_optimizer(cfg.train)
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     step = train.make_train_step(train.model_loss(m), tx, mesh, train.learning_rate(cfg.train))
-    ts = jax.device_put(train.init_state(params, tx, seed=0, constants=constants), train.replicated(mesh))
+    ts = jax.device_put(train.init_state(params, tx, seed=0, constants=constants),
+                        parallel.replicated(mesh))  # fmt: skip
     return step, ts, mesh
 
 
 def bench_step(cfg, bucket, steps: int) -> dict:
     """Compile and median step time of the recipe's train step at one bucket."""
-    from mrcli import train
+    from mrcli import parallel
 
     b = cfg.train.global_batch
     step, ts, mesh = _train_step(cfg)
     n = cfg.data.max_instances
     data = synthetic_batch(b, *bucket, n=n, objects=min(10, n), g=cfg.data.mask_crop_size,
                            num_classes=cfg.model.num_classes)  # fmt: skip
-    data = train.shard_batch(data, mesh)
+    data = parallel.shard_batch(data, mesh)
     t = time.perf_counter()
     compiled = step.lower(ts, data).compile()
     compile_s = time.perf_counter() - t
@@ -103,7 +104,7 @@ def bench_step(cfg, bucket, steps: int) -> dict:
 
 def bench_pipeline(cfg, data_dir, steps: int) -> dict:
     """images/s of data pipeline + sharding + compiled step, as the train loop runs them."""
-    from mrcli import train
+    from mrcli import parallel
     from mrcli.data import pipeline
     from mrcli.data.store import find_dataset
 
@@ -112,11 +113,11 @@ def bench_pipeline(cfg, data_dir, steps: int) -> dict:
     warm = len(cfg.data.resolved_buckets()) * 4  # every bucket compiled before the clock starts
     with pipeline.train_batches(cfg, ds, num_steps=warm + steps) as batches:
         for _ in range(warm):
-            ts, metrics = step(ts, train.shard_batch(next(batches), mesh))
+            ts, metrics = step(ts, parallel.shard_batch(next(batches), mesh))
         jax.block_until_ready(metrics)
         t = time.perf_counter()
         for _ in range(steps):
-            ts, metrics = step(ts, train.shard_batch(next(batches), mesh))
+            ts, metrics = step(ts, parallel.shard_batch(next(batches), mesh))
         jax.block_until_ready(metrics)
         wall = time.perf_counter() - t
     b = cfg.train.global_batch
@@ -174,14 +175,14 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = _config(args)
-    from mrcli.train import use_cpu_cores
+    from mrcli.parallel import use_cpu_cores
 
     use_cpu_cores(cfg.train.global_batch)  # as `mrcli train` does on a CPU host
     if args.data:
         from mrcli import config as config_lib
 
         cfg = config_lib.override(cfg, {"data.dataset": args.data})
-    resnet = cfg.model.depth in (50, 101) and cfg.model.norm == "frozen_bn"
+    resnet = cfg.model.backbone.depth in (50, 101) and cfg.model.backbone.norm == "frozen_bn"
     with_tv = args.torchvision
     if with_tv is None:
         try:
@@ -222,7 +223,7 @@ def main() -> None:
         emit({"what": "step", "bucket": bucket, "impl": f"mrcli {args.dtype}",
               **attempt(lambda: bench_step(cfg, (h, w), args.steps))})  # fmt: skip
         if with_tv:
-            r = attempt(lambda: bench_torchvision(cfg.model.depth, cfg.train.global_batch, h, w,
+            r = attempt(lambda: bench_torchvision(cfg.model.backbone.depth, cfg.train.global_batch, h, w,
                                                   args.steps, min(10, cfg.data.max_instances)))  # fmt: skip
             emit({"what": "step", "bucket": bucket, "impl": f"torchvision {r.pop('precision', '')}".strip(), **r})
     if args.pipeline if args.pipeline is not None else args.recipe == "tiny":

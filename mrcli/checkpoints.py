@@ -8,12 +8,12 @@
 
 This is what `mrcli weights import` writes and what `--checkpoint DIR` and
 `train --init-from DIR` read. `categories` is the dataset category map
-(DESIGN.md §4): [{"id": dataset id, "contiguous_id": 1..K, "name",
+(docs/design.md §4): [{"id": dataset id, "contiguous_id": 1..K, "name",
 "supercategory"}], or null where the weights carry none (an ImageNet backbone).
 `partial` marks a state that holds only some of the model's variables (a
 backbone), to be merged into a fresh model with `restore(..., partial=True)`.
 
-Writing is atomic (DESIGN.md §7): everything goes to a temporary sibling
+Writing is atomic (docs/design.md §7): everything goes to a temporary sibling
 directory that is renamed into place; an existing checkpoint at DIR is
 replaced only after the new one is complete.
 """
@@ -190,7 +190,7 @@ def check(state: Any, pure: dict[str, Any], *, partial: bool = False, origin: st
     if problems:
         raise UserError(
             f"{origin} does not fit the model config: " + "; ".join(problems)
-            + " (check model.depth, model.num_classes, model.masks, model.mask_head)"
+            + " (check model.backbone.depth, model.num_classes, model.masks, model.mask_head.kind)"
         )
 
 

@@ -2,17 +2,21 @@
 
 The defaults are Mask R-CNN R50-FPN with the paper's / Detectron2's 1x COCO
 schedule (He et al. 2017, "Mask R-CNN"; Detectron2 MODEL_ZOO.md,
-mask_rcnn_R_50_FPN_1x) with torchvision's numerics (DESIGN.md §6), so that a
+mask_rcnn_R_50_FPN_1x) with torchvision's numerics (docs/design.md §6), so that a
 checkpoint imported from torchvision runs on the default model config.
 
 A recipe (recipes/NAME.py) is a short diff against these defaults: a module
 with a docstring (the command that runs it and the result it reaches) and a
 function `config(base: Config) -> Config`, usually `return override(base, {...})`.
 
-Overrides are flat `section.field` keys with typed values; `--set` on the
-command line goes through the same function, so a recipe and a user's
-override are checked alike: an unknown key or a wrong type is a UserError
-naming the key and the expected type.
+The model's settings are grouped by component (model.backbone, model.rpn,
+model.box_head, ...; docs/design.md §3), and each model function takes only
+its group. Overrides are dotted keys down to a field
+(`model.rpn.pre_nms_topk.train`) with typed values; `--set` on the command
+line goes through the same function, so a recipe and a user's override are
+checked alike: an unknown key or a wrong type is a UserError naming the key
+and the expected type. Configs recorded by mrcli 0.1 (a flat model section)
+are migrated when read (`from_dict`, RENAMED).
 """
 
 from __future__ import annotations
@@ -79,10 +83,28 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    # Number of foreground classes K; class 0 is background, so the box
-    # classifier has K + 1 outputs (COCO: 80).
-    num_classes: int = 80
+class TrainTest:
+    """A number with one value in training and another at test time; the
+    model picks with `pick(training)` (rpn.proposal_counts), nowhere else."""
+
+    train: int
+    test: int
+
+    def pick(self, training: bool) -> int:
+        return self.train if training else self.test
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    # Pixel profile: input channel order and normalisation, in 0..255 units.
+    # torchvision: RGB, ImageNet mean/std; Detectron2: BGR, mean only.
+    pixel_order: Literal["rgb", "bgr"] = "rgb"
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
     # ResNet depth with bottleneck blocks: 50 (3,4,6,3) or 101 (3,4,23,3)
     # (He et al. 2016); 14 (1,1,1,1) and 26 (2,2,2,2) are small variants for CPU.
     depth: Literal[14, 26, 50, 101] = 50
@@ -92,62 +114,97 @@ class ModelConfig:
     # Stages up to and including this one are frozen: 0 none, 1 stem, 2 stem +
     # res2 (Detectron2's FREEZE_AT=2 and torchvision's trainable_layers=3).
     freeze_at: int = 2
-    # Backbone norm layers: frozen BatchNorm constants (ImageNet-pretrained
-    # backbones, as torchvision and Detectron2) or GroupNorm with 32 groups (Wu &
-    # He 2018), which trains from scratch at small batches where frozen BN can't.
+    # Norm layers: frozen BatchNorm constants (ImageNet-pretrained backbones, as
+    # torchvision and Detectron2) or GroupNorm with 32 groups (Wu & He 2018),
+    # which trains from scratch at small batches where frozen BN can't.
     norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
     # Put a bottleneck's stride on its first 1x1 conv (the original MSRA ResNet,
     # used by Detectron2's model-zoo checkpoints) instead of the 3x3 (torchvision).
     stride_in_1x1: bool = False
-    # FPN channels (Lin et al. 2017: 256).
-    fpn_channels: int = 256
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    # Channels of P2..P6 (Lin et al. 2017 §3: 256).
+    channels: int = 256
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
     # One anchor size per level P2..P6 (FPN paper §4.1: 32..512).
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     # Anchor aspect ratios h/w at every level.
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     # torchvision's anchor grid (cell anchors rounded to integers, strides
     # image_size // grid_size) or Detectron2's (exact cell anchors, nominal strides).
-    torchvision_anchors: bool = True
-    # RPN: top-k per level before NMS, and best k over all levels after, per
-    # image (torchvision: 2000/2000 train, 1000/1000 test).
-    rpn_pre_nms_topk_train: int = 2000
-    rpn_pre_nms_topk_test: int = 1000
-    rpn_post_nms_topk_train: int = 2000
-    rpn_post_nms_topk_test: int = 1000
-    rpn_nms_threshold: float = 0.7
-    # Proposals with a side shorter than this (pixels) get score -inf.
-    rpn_min_size: float = 1e-3
-    # RPN matching and sampling (Faster R-CNN §3.1.2).
-    rpn_fg_iou: float = 0.7
-    rpn_bg_iou: float = 0.3
-    rpn_batch_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    # RoI head matching and sampling (Fast R-CNN: 512 RoIs, 25% foreground).
-    roi_fg_iou: float = 0.5
-    roi_bg_iou: float = 0.5
-    roi_batch_per_image: int = 512
-    roi_positive_fraction: float = 0.25
-    # Foreground slots per image the mask head runs on in training (static shape).
-    mask_fg_slots: int = 128
-    # RoIAlign output sides for the box and mask heads, and its sampling ratio.
-    box_pool_size: int = 7
-    mask_pool_size: int = 14
-    roi_sampling_ratio: int = 2
-    # RoIAlign half-pixel shift: True for own training (Detectron2), False to
-    # match torchvision weights.
-    aligned: bool = False
-    # Box head width (two fc layers) and box-coder weights (Fast R-CNN).
-    box_head_dim: int = 1024
-    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    # Smooth-L1 beta of the box losses (torchvision: 1/9; Detectron2: 0, i.e. L1).
+    torchvision_grid: bool = True
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    # Top-k per level before NMS, and best k over all levels after, per image
+    # (torchvision: 2000/2000 train, 1000/1000 test).
+    pre_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
+    post_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
+    nms_threshold: float = 0.7
+    # Proposals with a side shorter than this (pixels) are never kept.
+    min_size: float = 1e-3
+    # Matching and sampling of anchors (Faster R-CNN §3.1.2).
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
+    batch_per_image: int = 256
+    positive_fraction: float = 0.5
+    # Smooth-L1 beta of the anchor box loss (torchvision: 1/9; Detectron2: 0, i.e. L1).
     smooth_l1_beta: float = 1.0 / 9.0
-    # Mask branch on/off (off = box-only Faster R-CNN), and its head.
-    masks: bool = True
-    mask_head: Literal["conv", "unet"] = "conv"
-    # Mask head width and number of 3x3 convs before the deconv (paper: 256, 4).
-    mask_head_dim: int = 256
-    mask_head_convs: int = 4
-    # Inference: score threshold, per-class NMS, detections per image.
+
+
+@dataclass(frozen=True)
+class RoIAlignConfig:
+    # Bilinear samples per bin side (He et al. 2017 §3: 2 x 2 per bin works well).
+    sampling_ratio: int = 2
+    # Half-pixel shift: True for own training (Detectron2's ROIAlignV2), False
+    # to match torchvision weights.
+    aligned: bool = False
+
+
+@dataclass(frozen=True)
+class RoIHeadsConfig:
+    # Matching and sampling of RoIs for the box and mask heads (Fast R-CNN:
+    # IoU >= 0.5 foreground, 512 RoIs per image, 25% foreground).
+    fg_iou: float = 0.5
+    bg_iou: float = 0.5
+    batch_per_image: int = 512
+    positive_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    # RoIAlign output side for the box head.
+    pool_size: int = 7
+    # Width of its two fc layers (Lin et al. 2017 §4.2: 1024).
+    dim: int = 1024
+    # Box-coder weights of the RoI deltas (Fast R-CNN: 10, 10, 5, 5).
+    coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # Smooth-L1 beta of the RoI box loss (torchvision: 1/9; Detectron2: 0, i.e. L1).
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    # The 4-conv FPN head of the paper, or a small U-Net.
+    kind: Literal["conv", "unet"] = "conv"
+    # RoIAlign output side for the mask head (28 x 28 masks come out).
+    pool_size: int = 14
+    # Width and number of 3x3 convs before the deconv (paper: 256, 4).
+    dim: int = 256
+    convs: int = 4
+    # Foreground RoIs per image the head trains on (a static shape).
+    fg_slots: int = 128
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    # Detections: score threshold, per-class NMS IoU, detections per image.
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
@@ -155,15 +212,30 @@ class ModelConfig:
     # per-class NMS (static shape). torchvision keeps all of them; the result is
     # the same whenever detections_per_image survive NMS among these (greedy NMS
     # decides each box from higher-scored ones only).
-    detection_pre_nms_topk: int = 5000
-    # Pixel profile: input channel order and normalisation, in 0..255 units.
-    # torchvision: RGB, ImageNet mean/std; Detectron2: BGR, mean only.
-    pixel_order: Literal["rgb", "bgr"] = "rgb"
-    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    pre_nms_topk: int = 5000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Number of foreground classes K; class 0 is background, so the box
+    # classifier has K + 1 outputs (COCO: 80).
+    num_classes: int = 80
+    # The mask branch (off = box-only Faster R-CNN).
+    masks: bool = True
     # Dtype of convs and matmuls; parameters, box arithmetic, losses and NMS
     # stay float32. bfloat16 on GPU/TPU, float32 on CPU.
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # Each component's settings; the model's functions take only their part.
+    input: InputConfig = InputConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    fpn: FPNConfig = FPNConfig()
+    anchors: AnchorConfig = AnchorConfig()
+    rpn: RPNConfig = RPNConfig()
+    roi_align: RoIAlignConfig = RoIAlignConfig()
+    roi_heads: RoIHeadsConfig = RoIHeadsConfig()
+    box_head: BoxHeadConfig = BoxHeadConfig()
+    mask_head: MaskHeadConfig = MaskHeadConfig()
+    inference: InferenceConfig = InferenceConfig()
 
 
 @dataclass(frozen=True)
@@ -299,50 +371,128 @@ def _parse_text(text: str, tp: Any) -> Any:
     return value
 
 
-def _section_fields(section: str) -> dict[str, dataclasses.Field]:
-    cls = typing.get_type_hints(Config)[section]
-    return {f.name: f for f in dataclasses.fields(cls)}
+# --- keys: dotted paths through the nested dataclasses -------------------------------
+
+# The flat model fields of mrcli 0.1 (records written before the model config
+# was scoped by component) -> their keys now. A record in the old form is
+# migrated when read (`from_dict`); `--set` with an old key names the new one.
+RENAMED: dict[str, tuple[str, ...]] = {
+    "model.depth": ("model.backbone.depth",),
+    "model.width": ("model.backbone.width",),
+    "model.freeze_at": ("model.backbone.freeze_at",),
+    "model.norm": ("model.backbone.norm",),
+    "model.stride_in_1x1": ("model.backbone.stride_in_1x1",),
+    "model.fpn_channels": ("model.fpn.channels",),
+    "model.anchor_sizes": ("model.anchors.sizes",),
+    "model.aspect_ratios": ("model.anchors.aspect_ratios",),
+    "model.torchvision_anchors": ("model.anchors.torchvision_grid",),
+    "model.rpn_pre_nms_topk_train": ("model.rpn.pre_nms_topk.train",),
+    "model.rpn_pre_nms_topk_test": ("model.rpn.pre_nms_topk.test",),
+    "model.rpn_post_nms_topk_train": ("model.rpn.post_nms_topk.train",),
+    "model.rpn_post_nms_topk_test": ("model.rpn.post_nms_topk.test",),
+    "model.rpn_nms_threshold": ("model.rpn.nms_threshold",),
+    "model.rpn_min_size": ("model.rpn.min_size",),
+    "model.rpn_fg_iou": ("model.rpn.fg_iou",),
+    "model.rpn_bg_iou": ("model.rpn.bg_iou",),
+    "model.rpn_batch_per_image": ("model.rpn.batch_per_image",),
+    "model.rpn_positive_fraction": ("model.rpn.positive_fraction",),
+    "model.roi_fg_iou": ("model.roi_heads.fg_iou",),
+    "model.roi_bg_iou": ("model.roi_heads.bg_iou",),
+    "model.roi_batch_per_image": ("model.roi_heads.batch_per_image",),
+    "model.roi_positive_fraction": ("model.roi_heads.positive_fraction",),
+    "model.mask_fg_slots": ("model.mask_head.fg_slots",),
+    "model.box_pool_size": ("model.box_head.pool_size",),
+    "model.mask_pool_size": ("model.mask_head.pool_size",),
+    "model.roi_sampling_ratio": ("model.roi_align.sampling_ratio",),
+    "model.aligned": ("model.roi_align.aligned",),
+    "model.box_head_dim": ("model.box_head.dim",),
+    "model.box_coder_weights": ("model.box_head.coder_weights",),
+    # One beta served both box losses; now each has its own, as in Detectron2.
+    "model.smooth_l1_beta": ("model.rpn.smooth_l1_beta", "model.box_head.smooth_l1_beta"),
+    "model.mask_head": ("model.mask_head.kind",),
+    "model.mask_head_dim": ("model.mask_head.dim",),
+    "model.mask_head_convs": ("model.mask_head.convs",),
+    "model.score_threshold": ("model.inference.score_threshold",),
+    "model.nms_threshold": ("model.inference.nms_threshold",),
+    "model.detections_per_image": ("model.inference.detections_per_image",),
+    "model.detection_pre_nms_topk": ("model.inference.pre_nms_topk",),
+    "model.pixel_order": ("model.input.pixel_order",),
+    "model.pixel_mean": ("model.input.pixel_mean",),
+    "model.pixel_std": ("model.input.pixel_std",),
+}
 
 
-def _field_type(section: str, name: str) -> Any:
-    cls = typing.get_type_hints(Config)[section]
-    return typing.get_type_hints(cls)[name]
+def _fields_of(cls: Any) -> dict[str, Any]:
+    """A config dataclass's field names -> their resolved annotations."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _check_key(key: str) -> tuple[str, str]:
-    section, _, name = key.partition(".")
-    if section not in SECTIONS or not name:
-        raise UserError(
-            f"unknown config key {key!r}: keys are section.field with section one of "
-            f"{', '.join(SECTIONS)} (see `mrcli recipes show NAME` for all keys)"
-        )
-    fields = _section_fields(section)
-    if name not in fields:
-        raise UserError(
-            f"unknown config key {key!r}: {section} has no field {name!r}; "
-            f"its fields are {', '.join(fields)}"
-        )
-    return section, name
+def _is_group(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
+
+
+def leaf_keys(cls: Any = None, prefix: str = "") -> list[str]:
+    """Every settable dotted key under `cls` (default: the whole Config), in order."""
+    cls = Config if cls is None else cls
+    out = []
+    for name, tp in _fields_of(cls).items():
+        key = f"{prefix}{name}"
+        out.extend(leaf_keys(tp, key + ".") if _is_group(tp) else [key])
+    return out
+
+
+def _check_key(key: str) -> Any:
+    """The annotation of the settable field `key` (e.g. model.rpn.nms_threshold).
+    Unknown keys, renamed keys and groups of fields are UserErrors naming the fix."""
+    if key in RENAMED:
+        new = " and ".join(RENAMED[key])
+        raise UserError(f"config key {key!r} was renamed: use {new} (the model config is grouped "
+                        "by component since mrcli 0.2; see `mrcli recipes show NAME`)")
+    cls, parts = Config, key.split(".")
+    for i, part in enumerate(parts):
+        fields = _fields_of(cls)
+        where = ".".join(parts[:i])
+        if part not in fields:
+            if i == 0:
+                raise UserError(
+                    f"unknown config key {key!r}: keys are section.field with section one of "
+                    f"{', '.join(SECTIONS)} (see `mrcli recipes show NAME` for all keys)"
+                )
+            raise UserError(f"unknown config key {key!r}: {where} has no field {part!r}; "
+                            f"its fields are {', '.join(fields)}")
+        tp = fields[part]
+        if i == len(parts) - 1:
+            if _is_group(tp):
+                first = ", ".join(f"{key}.{k}" for k in _fields_of(tp))
+                raise UserError(f"config key {key!r} is a group of fields; set one of them: {first}")
+            return tp
+        if not _is_group(tp):
+            raise UserError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is a value, "
+                            "not a group of fields")
+        cls = tp
+    raise UserError(f"unknown config key {key!r}")
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any) -> Any:
+    if len(parts) == 1:
+        return dataclasses.replace(obj, **{parts[0]: value})
+    child = _replace_path(getattr(obj, parts[0]), parts[1:], value)
+    return dataclasses.replace(obj, **{parts[0]: child})
 
 
 def override(cfg: Config, updates: dict[str, Any]) -> Config:
-    """`cfg` with flat `section.field` keys replaced by typed values.
+    """`cfg` with dotted keys (`model.rpn.nms_threshold`) replaced by typed values.
 
     Values are checked against the field's annotation (lists become tuples)."""
-    by_section: dict[str, dict[str, Any]] = {}
     for key, value in updates.items():
-        section, name = _check_key(key)
-        by_section.setdefault(section, {})[name] = _coerce(
-            value, _field_type(section, name), key
-        )
-    return dataclasses.replace(
-        cfg,
-        **{s: dataclasses.replace(getattr(cfg, s), **u) for s, u in by_section.items()},
-    )
+        value = _coerce(value, _check_key(key), key)
+        cfg = _replace_path(cfg, key.split("."), value)
+    return cfg
 
 
 def parse_sets(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`["model.depth=101", "train.decay_steps=210000,250000"]` -> typed updates."""
+    """`["model.backbone.depth=101", "train.decay_steps=210000,250000"]` -> typed updates."""
     updates: dict[str, Any] = {}
     for pair in pairs:
         key, eq, text = pair.partition("=")
@@ -351,34 +501,51 @@ def parse_sets(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
                 f"--set {pair!r}: expected key=value, e.g. --set train.global_batch=32"
             )
         key = key.strip()
-        section, name = _check_key(key)
-        updates[key] = _parse_text(text, _field_type(section, name))
+        updates[key] = _parse_text(text, _check_key(key))
     return updates
 
 
-def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as JSON-able nested dicts (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(data: dict[str, dict[str, Any]]) -> Config:
-    """Inverse of `to_dict`, type-checked; keys missing from `data` keep defaults."""
-    flat = {}
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dotted keys: {"model": {"rpn": {"nms_threshold": 0.7}}} ->
+    {"model.rpn.nms_threshold": 0.7}."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def migrate(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys of a recorded config with the renamed keys of mrcli 0.1
+    replaced by their keys now (RENAMED). Records are migrated as they are
+    read; nothing on disk is rewritten."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        for new in RENAMED.get(key, (key,)):
+            out[new] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of `to_dict`, type-checked; keys missing from `data` keep defaults.
+    Records of mrcli 0.1 (flat model fields) are migrated."""
     for section, values in data.items():
         if not isinstance(values, dict):
             raise UserError(f"config section {section!r} must be a mapping")
-        for name, value in values.items():
-            flat[f"{section}.{name}"] = value
-    return override(Config(), flat)
+    return override(Config(), migrate(flatten(data)))
 
 
 def diff(cfg: Config, base: Config | None = None) -> dict[str, Any]:
-    """Flat `section.field` keys whose values differ from `base` (the defaults)."""
-    base = base or Config()
-    a, b = to_dict(cfg), to_dict(base)
-    return {
-        f"{s}.{k}": v for s in a for k, v in a[s].items() if v != b[s][k]
-    }
+    """Dotted keys whose values differ from `base` (the defaults)."""
+    a, b = flatten(to_dict(cfg)), flatten(to_dict(base or Config()))
+    return {k: v for k, v in a.items() if v != b[k]}
 
 
 # --- recipes ----------------------------------------------------------------------

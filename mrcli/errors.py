@@ -2,7 +2,7 @@
 
 Library code raises UserError with a message that names the file, the field
 and the fix; the command line prints that one line and exits with code 2
-(DESIGN.md §7). Anything else is a failure (exit 1).
+(docs/design.md §7). Anything else is a failure (exit 1).
 """
 
 

@@ -30,7 +30,7 @@ side <= data.max_size, shrunk further to fit the bucket, PIL's bilinear
 resampling, the pixel profile's channel order and normalisation, zero
 padding of the normalised image into the bucket), `Model.detect`, and the
 boxes mapped back to original pixels by resized / original size per axis
-(torchvision's postprocess, mrcli.evaluate.image_detections). Pasting the
+(torchvision's postprocess, mrcli.inference.to_original). Pasting the
 28 x 28 masks into full-size images happens on the host (mrcli.serving,
 with the same paste as `mrcli eval`): full-size masks of every slot would
 be [B, D, Hc, Wc] outputs.
@@ -48,7 +48,7 @@ THE ARTIFACT
                          (images, image_sizes) -> the outputs above
 
 Everything is written into a temporary sibling directory and renamed into
-place (DESIGN.md §7). `mrcli.serving.load(OUT)` runs a stablehlo artifact with
+place (docs/design.md §7). `mrcli.serving.load(OUT)` runs a stablehlo artifact with
 jax and numpy only.
 
 Dimension key: B batch, Hc/Wc input capacity, H/W bucket, D detections,
@@ -67,20 +67,29 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import PIL
 
-from mrcli import __version__
+from mrcli import __version__, checkpoints, serving
+from mrcli import model as model_lib
 from mrcli.checkpoints import replace_dir
+from mrcli.data import images as imagelib
+from mrcli.data.device_input import InputSpec, model_input
+from mrcli.data.inputs import UnreadableImage, find_images, read_image
+from mrcli.data.store import find_dataset
 from mrcli.errors import UserError
+from mrcli.inference import MASK_THRESHOLD, ImageDetections, Predictor
+from mrcli.progress import Report, silent
+from mrcli.runs import TrainedModel, load_trained
+from mrcli.serving import FORMAT, RECORD
 
-FORMAT = "mrcli-export/1"
-RECORD = "export.json"
 MODULE = "model.stablehlo"
 WEIGHTS = "weights.npz"
 SAVEDMODEL = "savedmodel"
 FORMATS = ("stablehlo", "savedmodel")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-MASK_THRESHOLD = 0.5
 # --verify's bar (issue 7): boxes within 0.5 px, mask IoU > 0.99, same classes.
 BOX_TOLERANCE = 0.5
 MIN_MASK_IOU = 0.99
@@ -120,20 +129,17 @@ def parse_platforms(text: str | Sequence[str] | None) -> tuple[str, ...]:
 def _pillow_vertical_first() -> bool:
     """Whether the installed Pillow (which the input pipeline resizes with) runs the
     vertical pass first for strongly shrunk heights: Pillow >= 13 does."""
-    import PIL
-
     return int(PIL.__version__.split(".")[0]) >= 13
 
 
-def input_spec(cfg: Any, bucket: tuple[int, int], capacity: tuple[int, int]):
+def input_spec(cfg: Any, bucket: tuple[int, int], capacity: tuple[int, int]) -> InputSpec:
     """The static preprocessing of a model config (mrcli.data.device_input.InputSpec)."""
-    from mrcli.data.device_input import InputSpec
-
-    m = cfg.model
+    pixels = cfg.model.input
     return InputSpec(
         capacity=tuple(capacity), bucket=tuple(bucket), short=int(cfg.data.image_size),
-        max_size=int(cfg.data.max_size), bgr=m.pixel_order == "bgr",
-        mean=tuple(float(v) for v in m.pixel_mean), std=tuple(float(v) for v in m.pixel_std),
+        max_size=int(cfg.data.max_size), bgr=pixels.pixel_order == "bgr",
+        mean=tuple(float(v) for v in pixels.pixel_mean),
+        std=tuple(float(v) for v in pixels.pixel_std),
         vertical_first_rule=_pillow_vertical_first(),
     )  # fmt: skip
 
@@ -153,8 +159,6 @@ def _check_bucket(cfg: Any, bucket: tuple[int, int]) -> None:
 
 def flat_weights(state: Any) -> dict[str, np.ndarray]:
     """The model state as {"backbone/res2/0/conv1/kernel": array} (host numpy)."""
-    from mrcli import checkpoints
-
     pure = state.to_pure_dict() if hasattr(state, "to_pure_dict") else state
     flat = checkpoints.flatten(pure)
     out = {}
@@ -166,16 +170,9 @@ def flat_weights(state: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def serving_function(model: Any, spec: Any) -> Callable:
+def serving_function(model: model_lib.Model, spec: InputSpec) -> Callable:
     """`serve(weights, images, image_sizes) -> outputs` (module docstring) for `model`
-    (mrcli.model.Model) with preprocessing `spec` (device_input.InputSpec)."""
-    import jax
-    import jax.numpy as jnp
-
-    from mrcli import checkpoints
-    from mrcli import model as model_lib
-    from mrcli.data.device_input import model_input
-
+    with preprocessing `spec`."""
     _, abstract = model_lib.abstract(model.cfg)
 
     def serve(weights: dict[str, jax.Array], images: jax.Array, image_sizes: jax.Array):
@@ -183,7 +180,7 @@ def serving_function(model: Any, spec: Any) -> Callable:
         full = checkpoints.restore(abstract, pure, origin="the exported weights")
         x, info = model_input(images, image_sizes, spec)  # [B,H,W,3], [B,5]
         dets = model.detect(full, x, info)
-        # Original pixels: resized / original per axis, as evaluate.image_detections.
+        # Original pixels: resized / original per axis, as inference.to_original.
         with jax.enable_x64(True):
             hw = image_sizes.astype(jnp.float64)
             resized = info[:, 3:5].astype(jnp.float64)
@@ -219,8 +216,6 @@ _OUTPUT_ORDER = ("boxes", "scores", "classes", "masks", "num_detections")
 def signature(serve: Callable, args: tuple) -> dict[str, list[dict[str, Any]]]:
     """The inputs and outputs of the exported function (shapes and dtypes from
     tracing it), for export.json."""
-    import jax
-
     outs = jax.eval_shape(serve, *args)
 
     def entry(name: str, aval: Any) -> dict[str, Any]:
@@ -256,7 +251,7 @@ def _prepare_target(out: str | os.PathLike[str]) -> Path:
 
 
 def export_model(
-    trained: Any,  # mrcli.train.TrainedModel
+    trained: TrainedModel,
     out: str | os.PathLike[str],
     *,
     format: str = "stablehlo",
@@ -264,17 +259,14 @@ def export_model(
     image_size: tuple[int, int] | None = None,
     max_input_size: tuple[int, int] | None = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
-    report: Callable[[str], None] | None = None,
+    report: Report | None = None,
 ) -> ExportResult:
     """Write the serving artifact of `trained` to `out` (module docstring).
 
     image_size: the bucket (H, W) the model runs at (default: the config's
     first bucket); max_input_size: the largest raw image (default: the bucket)."""
-    import jax
-    import jax.numpy as jnp
-
     t0 = time.perf_counter()
-    say = report or (lambda text: None)
+    report = silent(report)
     _check_options(format, batch_size)
     if trained.categories is None:
         raise UserError(f"{trained.origin} carries no category map; an exported model needs "
@@ -310,14 +302,14 @@ def export_model(
             "method": "PIL bilinear (antialiased), computed inside the function",
             "pillow_pass_order": "13+" if spec.vertical_first_rule else "<=12",
         },
-        "pixel_profile": {"order": cfg.model.pixel_order, "mean": list(spec.mean),
+        "pixel_profile": {"order": cfg.model.input.pixel_order, "mean": list(spec.mean),
                           "std": list(spec.std), "units": "0..255"},
         "categories": trained.categories,
         "num_classes": int(cfg.model.num_classes),
         "mask_size": masks_out[0]["shape"][-1] if masks_out else None,
         "mask_threshold": MASK_THRESHOLD,
-        "score_threshold": float(cfg.model.score_threshold),
-        "detections_per_image": int(cfg.model.detections_per_image),
+        "score_threshold": float(cfg.model.inference.score_threshold),
+        "detections_per_image": int(cfg.model.inference.detections_per_image),
         "platforms": list(platforms),
         "versions": {"mrcli": __version__, "jax": jax.__version__},
         "source": {"origin": str(trained.origin), "step": trained.step},
@@ -326,7 +318,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         if format == "stablehlo":
-            say(f"tracing and lowering for {', '.join(platforms)}")
+            report.say(f"tracing and lowering for {', '.join(platforms)}", "detail")
             exported = jax.export.export(jax.jit(serve), platforms=platforms)(*args)
             (tmp / MODULE).write_bytes(exported.serialize())
             with open(tmp / WEIGHTS, "wb") as f:
@@ -334,7 +326,7 @@ def export_model(
             record["files"] = {"module": MODULE, "weights": WEIGHTS}
             record["calling_convention_version"] = exported.calling_convention_version
         else:
-            say(f"converting with jax2tf for {', '.join(platforms)}")
+            report.say(f"converting with jax2tf for {', '.join(platforms)}", "detail")
             _write_savedmodel(tmp / SAVEDMODEL, serve, weights, B, capacity, platforms)
             import tensorflow as tf
 
@@ -479,7 +471,7 @@ def _mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def compare(name: str, native: Any, exported: dict[str, Any]) -> VerifyRow:
+def compare(name: str, native: ImageDetections, exported: dict[str, Any]) -> VerifyRow:
     """One image: native ImageDetections vs the artifact's detections (serving's form)."""
     n, m = len(native.scores), len(exported["scores"])
     same = n == m and np.array_equal(native.classes, exported["classes"])
@@ -492,32 +484,19 @@ def compare(name: str, native: Any, exported: dict[str, Any]) -> VerifyRow:
     return VerifyRow(name, native.height, native.width, n, m, bool(same), box, iou, score)
 
 
-def native_detections(trained: Any, bucket: tuple[int, int], images: Sequence[np.ndarray]) -> list[Any]:
-    """The model as `mrcli eval` / `mrcli predict` run it: the input pipeline's
-    preprocessing (pipeline.image_input) at `bucket`, jitted Model.detect,
-    evaluate.image_detections (original pixels, pasted masks)."""
-    import jax
-    from PIL import Image
-
-    from mrcli.data import pipeline
-    from mrcli.evaluate import image_detections
-
-    cfg = trained.config
-    spec = pipeline.Spec.from_config(cfg)
-    detect = jax.jit(trained.model.detect)
-    out = []
-    for rgb in images:
-        x, info = pipeline.image_input(Image.fromarray(rgb), tuple(bucket), spec, cfg.data.image_size)
-        dets = jax.device_get(detect(trained.state, x[None], info[None]))
-        one = {k: v[0] for k, v in dets.items()}
-        out.append(image_detections(one, info, 0, mask_threshold=MASK_THRESHOLD))
-    return out
+def native_detections(trained: TrainedModel, bucket: tuple[int, int],
+                      images: Sequence[np.ndarray]) -> list[ImageDetections]:  # fmt: skip
+    """The model as `mrcli eval` / `mrcli predict` run it (mrcli.inference.Predictor:
+    the input pipeline's preprocessing, the jitted Model.detect, original pixels,
+    pasted masks), at the export's one `bucket`."""
+    predictor = Predictor(trained.model, trained.state, trained.config, batch_size=1,
+                          buckets=[bucket])  # fmt: skip
+    found = dict(predictor.over_images(enumerate(images)))
+    return [found[i] for i in range(len(images))]
 
 
 def exported_detections(directory: str | os.PathLike[str], images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     """The artifact at `directory` (either format) on `images`, host paste included."""
-    from mrcli import serving
-
     record = serving.read_record(directory)
     if record["artifact"] == "savedmodel":
         run = _savedmodel_runner(Path(directory), record)
@@ -539,13 +518,11 @@ def _savedmodel_runner(directory: Path, record: dict[str, Any]) -> Callable:
     return run
 
 
-def verify(directory: str | os.PathLike[str], trained: Any,
+def verify(directory: str | os.PathLike[str], trained: TrainedModel,
            images: Sequence[tuple[str, np.ndarray]]) -> VerifyReport:
     """Run the artifact and the native model on `images` ((name, [h,w,3] uint8))
     and compare each image's detections (VerifyRow.ok: same count and classes,
     boxes within BOX_TOLERANCE px, mask IoU > MIN_MASK_IOU)."""
-    from mrcli import serving
-
     record = serving.read_record(directory)
     Hc, Wc = record["max_input_size"]
     for name, rgb in images:
@@ -560,14 +537,12 @@ def verify(directory: str | os.PathLike[str], trained: Any,
     return VerifyReport(str(Path(directory)), rows)
 
 
-def verify_images(trained: Any, source: str | None, *, data_dir: str | None = None,
+def verify_images(trained: TrainedModel, source: str | None, *, data_dir: str | None = None,
                   max_images: int = 8) -> list[tuple[str, np.ndarray]]:
     """--verify's images: the image files of `source` (a folder, file or glob, as
     `mrcli predict` reads them), or without one the first `max_images` images of
     the model's dataset's eval split (the built-in shapes val split for `tiny`)."""
     if source:
-        from mrcli.predict import UnreadableImage, find_images, read_image
-
         found = find_images(source)[:max_images] if max_images else find_images(source)
         out = []
         for item in found:
@@ -576,9 +551,6 @@ def verify_images(trained: Any, source: str | None, *, data_dir: str | None = No
             except UnreadableImage as e:
                 raise UserError(f"--verify: {item.path}: {e}") from None
         return out
-    from mrcli.data import images as imagelib
-    from mrcli.data.store import find_dataset
-
     cfg = trained.config
     ds = find_dataset(cfg.data.dataset, data_dir)
     split = ds.check_split(cfg.data.eval_split)
@@ -616,13 +588,11 @@ def run(
     verify_only: bool = False,
     max_verify_images: int = 8,
     data_dir: str | None = None,
-    report: Callable[[str], None] | None = None,
+    report: Report | None = None,
 ) -> RunResult:
     """`mrcli export`: load the model, export it (unless `verify_only`), and verify
     the artifact at `out` against the model when asked."""
-    from mrcli.train import load_trained
-
-    say = report or (lambda text: None)
+    report = silent(report)
     bucket = parse_size(image_size, "--image-size")
     capacity = parse_size(max_input_size, "--max-input-size")
     platform_names = parse_platforms(platforms)
@@ -636,13 +606,13 @@ def run(
     result = None
     if not verify_only:
         result = export_model(trained, out, format=format, batch_size=batch_size, image_size=bucket,
-                              max_input_size=capacity, platforms=platform_names, report=say)  # fmt: skip
-        say(f"exported {result.path} ({format}) in {result.seconds:.1f} s")
+                              max_input_size=capacity, platforms=platform_names, report=report)  # fmt: skip
+        report.say(f"exported {result.path} ({format}) in {result.seconds:.1f} s", "detail")
     report_ = None
     if do_verify or verify_source or verify_only:
         images = verify_images(trained, verify_source, data_dir=data_dir, max_images=max_verify_images)
         if not images:
             raise UserError("--verify: no images to verify on")
-        say(f"verifying on {len(images)} image(s)")
+        report.say(f"verifying on {len(images)} image(s)", "detail")
         report_ = verify(out, trained, images)
     return RunResult(result, report_)

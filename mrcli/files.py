@@ -1,4 +1,4 @@
-"""Atomic file writes (DESIGN.md §7): a temporary sibling, then a rename, so an
+"""Atomic file writes (docs/design.md §7): a temporary sibling, then a rename, so an
 interrupted command leaves either the old file or the new one, never half."""
 
 from __future__ import annotations

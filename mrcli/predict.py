@@ -53,106 +53,33 @@ M mask side, n instances of one image, h/w original image size.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from mrcli import coco, inference
+from mrcli.data.inputs import (  # noqa: F401 - MARKER and read_image are part of predict's API
+    MARKER, MASKS_DIR, OVERLAYS_DIR, InputImage, UnreadableImage, find_images, read_image,
+)  # fmt: skip
+from mrcli.data.show import overlay, write_png
 from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
+from mrcli.inference import ImageDetections, Predictor
+from mrcli.progress import Report, silent
+from mrcli.runs import TrainedModel, load_trained
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FORMATS = ("png", "json", "overlay")
 RESULTS_FILE = "detections.json"
 IMAGES_FILE = "images.json"
-MASKS_DIR = "masks"
-OVERLAYS_DIR = "overlays"
-# Marks a predict output folder, so that a later run over a tree holding it skips it.
-MARKER = ".mrcli-predict"
-
-# report(kind, data): "start" {total, batch_size, devices}, "skipped" {path, reason},
-# "compiled" {bucket, seconds}, "progress" {done} (inputs handled, skipped ones included).
-Report = Callable[[str, dict[str, Any]], None]
 
 
-# --- inputs and outputs -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputImage:
-    path: Path  # the file as found
-    rel: PurePosixPath  # its path below the input root, mirrored under OUT
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _skipped_dir(d: Path, out: Path | None) -> bool:
-    """Hidden folders, the output folder and (earlier) predict outputs are not
-    searched; with OUT = INPUT, that is OUT/masks and OUT/overlays."""
-    if _hidden(d.name) or (d / MARKER).is_file() or (out is not None and d.resolve() == out):
-        return True
-    return d.name in (MASKS_DIR, OVERLAYS_DIR) and (
-        (d.parent / MARKER).is_file() or (out is not None and d.parent.resolve() == out)
-    )
-
-
-def find_images(input: str | os.PathLike[str],
-                exclude: str | os.PathLike[str] | None = None) -> list[InputImage]:
-    """The image files of a folder (recursive), a file, or a glob, sorted by
-    REL. Non-image and hidden files are ignored; hidden folders, `exclude`
-    (the output folder) and folders holding a predict output (MARKER) are not
-    searched. A name that finds no image is a UserError."""
-    import glob as globlib
-
-    text = os.fspath(input)
-    path = Path(text).expanduser()
-    skip = Path(exclude).expanduser().resolve() if exclude is not None else None
-    if path.is_dir():
-        found = []
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not _skipped_dir(Path(root) / d, skip))
-            for name in files:
-                p = Path(root) / name
-                if not _hidden(name) and _is_image(p):
-                    found.append(InputImage(p, PurePosixPath(p.relative_to(path).as_posix())))
-        if not found:
-            raise UserError(f"{text}: no image files in this folder or below "
-                            f"(looked for {', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
-        return sorted(found, key=lambda i: i.rel.as_posix())
-    if path.is_file():
-        if not _is_image(path):
-            raise UserError(f"{text}: not an image file by its name (expected one of "
-                            f"{', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
-        return [InputImage(path, PurePosixPath(path.name))]
-    if globlib.has_magic(text):
-        parts = Path(text).expanduser().parts
-        fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if globlib.has_magic(p))]]
-        base = Path(*fixed) if fixed else Path(".")
-        found = []
-        for name in globlib.glob(os.path.expanduser(text), recursive=True):
-            p = Path(name)
-            if p.is_file() and _is_image(p) and not _hidden(p.name) and not any(
-                _skipped_dir(d, skip) for d in p.parents[: len(p.parents) - len(base.parents) - 1]
-            ):
-                found.append(InputImage(p, PurePosixPath(p.relative_to(base).as_posix())))
-        if not found:
-            raise UserError(f"{text}: the pattern matches no image files (quote it so that the "
-                            "shell does not expand it; ** matches folders recursively)")  # fmt: skip
-        return sorted(found, key=lambda i: i.rel.as_posix())
-    raise UserError(f"{text}: no such file or folder (INPUT is an image, a folder or a glob)")
+# --- outputs ------------------------------------------------------------------------------
 
 
 def output_stems(images: Sequence[InputImage]) -> list[PurePosixPath]:
@@ -211,32 +138,6 @@ def parse_formats(text: str | Sequence[str] | None, masks: bool = True) -> tuple
     return formats
 
 
-class UnreadableImage(Exception):
-    """An input file that is not a readable image; the message says why."""
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file -> [h, w, 3] uint8, upright RGB. Raises UnreadableImage."""
-    from PIL import UnidentifiedImageError
-
-    from mrcli.data import images as imagelib
-
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UnreadableImage(f"cannot read the file ({e.strerror or e})") from None
-    try:
-        rgb = imagelib.upright_rgb(data)
-    except UnidentifiedImageError:
-        raise UnreadableImage("not an image PIL can read (unknown format)") from None
-    except Exception as e:  # noqa: BLE001 - any decoder failure of an untrusted file
-        facts = imagelib.inspect_image_bytes(data)
-        raise UnreadableImage(facts.error or f"cannot decode the image ({e})") from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise UnreadableImage(f"decodes to an array of shape {rgb.shape}, not an RGB image")
-    return rgb
-
-
 # --- one image's instances -----------------------------------------------------------------
 
 
@@ -280,19 +181,11 @@ class Instances:
         return self.labels[None] == ids[:, None, None]
 
 
-def image_instances(
-    # One image: boxes [D, 4] (input px), scores [D], classes [D], valid [D], masks [D, M, M].
-    dets: dict[str, np.ndarray],
-    image_info: np.ndarray,  # [5] (orig_h, orig_w, scale, resized_h, resized_w)
-    score: float,
-) -> Instances:
-    """Model detections of one image -> its instances: score > `score`, best
-    first, masks pasted (mrcli.evaluate.image_detections) and made disjoint."""
-    from mrcli.evaluate import image_detections
-
-    dets = dict(dets, valid=np.asarray(dets["valid"], bool) & (np.asarray(dets["scores"]) > score))
-    d = image_detections(dets, image_info, image_id=0)
-    order = np.argsort(-d.scores, kind="stable")
+def image_instances(d: ImageDetections, categories: "Categories") -> Instances:
+    """One image's detections (original pixels, masks pasted) -> its instances:
+    classes the category map names, best first, masks made disjoint."""
+    named = np.flatnonzero(coco.named_classes(categories.dataset_ids, d.classes))
+    order = named[np.argsort(-d.scores[named], kind="stable")]
     keep, labels = order, None
     if d.masks is not None:
         labels, kept = label_map(d.masks[order])
@@ -331,9 +224,7 @@ class Categories:
 
     @classmethod
     def from_map(cls, categories: list[dict[str, Any]]) -> Categories:
-        from mrcli.evaluate import dataset_id_table
-
-        ids = dataset_id_table(categories)
+        ids = coco.dataset_id_table(categories)
         names = ["background"] * len(ids)
         for c in categories:
             names[int(c["contiguous_id"])] = str(c["name"])
@@ -393,9 +284,6 @@ def write_outputs(
     writers: tuple[Any, Any] | None,  # ResultsWriters of detections.json and images.json
 ) -> None:
     """One image's files (each atomically) and its entries in the run's files."""
-    from mrcli.data.show import overlay, write_png
-    from mrcli.evaluate import to_coco_results
-
     masks = inst.masks()  # [n, h, w] bool, or None
     for p in o.paths():
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -412,17 +300,9 @@ def write_outputs(
     if writers is not None:
         results, images = writers
         valid = np.ones(len(inst.scores), bool)
-        results.write(to_coco_results(image_id, inst.boxes, inst.scores, inst.classes, valid,
+        results.write(coco.to_coco_results(image_id, inst.boxes, inst.scores, inst.classes, valid,
                                       categories.dataset_ids, masks))  # fmt: skip
         images.write([{"id": image_id, "file_name": rel, "height": inst.height, "width": inst.width}])
-
-
-@dataclass
-class _Item:
-    image_id: int
-    input: InputImage
-    outputs: Outputs
-    rgb: np.ndarray  # [h, w, 3] uint8
 
 
 def _write_side(path: Path, record: dict[str, Any]) -> None:
@@ -431,17 +311,6 @@ def _write_side(path: Path, record: dict[str, Any]) -> None:
     lines = [json.dumps(i) for i in record["instances"]]
     body = "\n  " + ",\n  ".join(lines) + "\n" if lines else ""
     write_bytes_atomic(path, f'{head}, "instances": [{body}]}}\n'.encode())
-
-
-@functools.lru_cache(maxsize=8)
-def _detect_fn(model: Any, mesh: Any) -> Callable:
-    """model.detect jitted over `mesh` (images sharded on the batch axis); one
-    per (model, mesh) in a process, so repeated runs reuse the compiled buckets."""
-    import jax
-
-    from mrcli.train import data_sharded, replicated
-
-    return jax.jit(model.detect, in_shardings=(replicated(mesh), data_sharded(mesh), data_sharded(mesh)))
 
 
 def run(
@@ -455,18 +324,12 @@ def run(
     batch_size: int = 8,
     overwrite: bool = False,
     report: Report | None = None,
-    trained: Any = None,
+    trained: TrainedModel | None = None,
 ) -> PredictResult:
     """`mrcli predict`: every image of `input` through a trained model (a
     run's checkpoint, or a checkpoint directory) into `out` (module docstring).
-    `trained` (a mrcli.train.TrainedModel) replaces workdir/checkpoint."""
-    import jax
-
-    from mrcli.data import pipeline
-    from mrcli.evaluate import ResultsWriter, named_classes
-    from mrcli.train import load_trained, make_mesh, replicated
-
-    report = report or (lambda kind, data: None)
+    `trained` (a mrcli.runs.TrainedModel) replaces workdir/checkpoint."""
+    report = silent(report)
     if not 0.0 <= score < 1.0:
         raise UserError(f"--score {score}: must be in [0, 1) (detections scoring above it are kept)")
     if batch_size < 1:
@@ -482,8 +345,7 @@ def run(
     if trained.categories is None:
         raise UserError(f"{trained.origin} carries no category map, so its classes have no names; "
                         "predict with a trained or fully imported model")  # fmt: skip
-    cfg = trained.config
-    formats = parse_formats(formats, masks=cfg.model.masks)
+    formats = parse_formats(formats, masks=trained.config.model.masks)
     stems = output_stems(images)
     planned = [output_paths(out, s, formats) for s in stems]
     run_files = [out / RESULTS_FILE, out / IMAGES_FILE] if "json" in formats else []
@@ -494,101 +356,55 @@ def run(
             raise UserError(f"{existing[0]} already exists{more}; pass --overwrite to replace "
                             "them, or choose another --out")  # fmt: skip
     categories = Categories.from_map(trained.categories)
-
-    # The model, with its score threshold at --score (fewer candidates in its NMS;
-    # the same detections above --score either way).
-    model_cfg = dataclasses.replace(cfg.model, score_threshold=float(score))
-    model = dataclasses.replace(trained.model, cfg=model_cfg)
-    mesh = make_mesh(jax.local_devices())
-    n_dev = mesh.devices.size
-    batch = -(-batch_size // n_dev) * n_dev  # a multiple of the devices; padding never written
-    detect = _detect_fn(model, mesh)
-    state = jax.device_put(trained.state, replicated(mesh))
-    spec = pipeline.Spec.from_config(cfg)
-    short = cfg.data.image_size
+    # Detections scoring above --score: the model's own threshold, so fewer
+    # candidates enter its NMS (the same detections above --score either way).
+    model = inference.with_score_threshold(trained.model, score)
+    predictor = Predictor(model, trained.state, trained.config, batch_size=batch_size)
 
     skipped: list[tuple[str, str]] = []
-    compiled: dict[tuple[int, int], float] = {}
     counts = {"done": 0, "instances": 0, "images": 0}
-    report("start", {"total": len(images), "batch_size": batch, "devices": n_dev})
+    report.task("predict", total=len(images))
     start = time.perf_counter()
 
-    def decoded() -> Iterator[tuple[_Item, int]]:
-        """(item, bucket index) per readable image, in input order; skips the rest."""
+    def decoded() -> Iterator[tuple[tuple[InputImage, Outputs, np.ndarray], np.ndarray]]:
+        """((input, outputs, rgb), rgb) per readable image, in input order; skips the rest."""
         for image, outputs in zip(images, planned):
             try:
                 rgb = read_image(image.path)
             except UnreadableImage as e:
                 skipped.append((str(image.path), str(e)))
-                report("skipped", {"path": str(image.path), "reason": str(e)})
+                report.say(f"skipped {image.path}: {e}", "warning")
                 counts["done"] += 1
-                report("progress", {"done": counts["done"]})
+                report.advance(counts["done"])
                 continue
             counts["images"] += 1
-            h, w = rgb.shape[:2]
-            b = int(pipeline.assign_buckets(np.array([h]), np.array([w]), short, spec.max_size,
-                                            spec.buckets)[0])  # fmt: skip
-            yield _Item(counts["images"], image, outputs, rgb), b
+            yield (image, outputs, rgb), rgb
 
-    def launch(b: int, items: list[_Item]):
-        """Fill a fixed-shape batch of bucket b and dispatch it (asynchronously)."""
-        from PIL import Image
-
-        H, W = spec.buckets[b]
-        x = np.zeros((batch, H, W, 3), np.float32)  # [B, H, W, 3]; padding rows stay zero
-        info = np.zeros((batch, 5), np.float32)  # [B, 5]
-        for i, item in enumerate(items):
-            _, info[i] = pipeline.image_input(Image.fromarray(item.rgb), (H, W), spec, short, out=x[i])
-        t = time.perf_counter()
-        dets = detect(state, x, info)
-        if (H, W) not in compiled:
-            compiled[(H, W)] = time.perf_counter() - t
-            report("compiled", {"bucket": (H, W), "seconds": compiled[(H, W)]})
-        return items, info, dets
-
-    def finish(launched, writers) -> None:
-        """Write the outputs of a dispatched batch."""
-        items, info, dets = launched
-        dets = jax.device_get(dets)
-        for i, item in enumerate(items):
-            one = {k: np.asarray(v[i]) for k, v in dets.items()}
-            one["valid"] = one["valid"] & named_classes(categories.dataset_ids, one["classes"])
-            inst = image_instances(one, info[i], score)
-            write_outputs(item.outputs, inst, item.rgb, item.input.rel.as_posix(), item.image_id,
-                          categories, writers)  # fmt: skip
-            counts["instances"] += len(inst.scores)
-            counts["done"] += 1
-            report("progress", {"done": counts["done"]})
-
+    compiled: set[tuple[int, int]] = set()
     with ExitStack() as stack:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"format": "mrcli-predict/1"}) + "\n")
         writers = None
         if "json" in formats:
-            writers = (stack.enter_context(ResultsWriter(out / RESULTS_FILE)),
-                       stack.enter_context(ResultsWriter(out / IMAGES_FILE)))  # fmt: skip
-        pending: dict[int, list[_Item]] = {}
-        inflight = None
-        for item, b in decoded():
-            pending.setdefault(b, []).append(item)
-            if len(pending[b]) == batch:
-                launched = launch(b, pending.pop(b))
-                if inflight is not None:
-                    finish(inflight, writers)
-                inflight = launched
-        for b in sorted(pending):  # each bucket's last, padded batch
-            launched = launch(b, pending.pop(b))
-            if inflight is not None:
-                finish(inflight, writers)
-            inflight = launched
-        if inflight is not None:
-            finish(inflight, writers)
+            writers = (stack.enter_context(coco.ResultsWriter(out / RESULTS_FILE)),
+                       stack.enter_context(coco.ResultsWriter(out / IMAGES_FILE)))  # fmt: skip
+        for (image, outputs, rgb), dets in predictor.over_images(decoded()):
+            for bucket in predictor.compile_seconds.keys() - compiled:
+                compiled.add(bucket)
+                report.say(f"compiled bucket {bucket[0]}x{bucket[1]} in "
+                           f"{predictor.compile_seconds[bucket]:.1f} s", "detail")  # fmt: skip
+            inst = image_instances(dets, categories)
+            write_outputs(outputs, inst, rgb, image.rel.as_posix(), dets.image_id, categories, writers)
+            counts["instances"] += len(inst.scores)
+            counts["done"] += 1
+            report.advance(counts["done"])
+    report.end()
     seconds = time.perf_counter() - start
     return PredictResult(
         out=out, num_inputs=len(images), num_images=counts["images"], skipped=skipped,
         num_instances=counts["instances"], formats=formats,
         results_path=out / RESULTS_FILE if "json" in formats else None,
         images_path=out / IMAGES_FILE if "json" in formats else None,
-        seconds=seconds, compile_seconds=sum(compiled.values()), batch_size=batch,
-        buckets=sorted(compiled),
+        seconds=seconds, compile_seconds=sum(predictor.compile_seconds.values()),
+        batch_size=predictor.batch_size, buckets=sorted(predictor.compile_seconds),
     )  # fmt: skip

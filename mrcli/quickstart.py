@@ -12,9 +12,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
+from mrcli import config as config_lib
+from mrcli import predict
+from mrcli.data.prepare import prepare_shapes
+from mrcli.data.store import Dataset, find_dataset
 from mrcli.errors import UserError
+from mrcli.evaluate import run_eval
+from mrcli.progress import Report, silent
+from mrcli.train import train
 
 RECIPE = "tiny"
 DATASET = "shapes"
@@ -34,22 +41,19 @@ class QuickstartResult:
         return self.eval["segm_AP"]
 
 
-def _ensure_shapes(data_dir: str | None, say: Callable[[str], None]):
-    from mrcli.data.prepare import prepare_shapes
-    from mrcli.data.store import find_dataset
-
+def _ensure_shapes(data_dir: str | None, report: Report) -> Dataset:
     try:
         ds = find_dataset(DATASET, data_dir)
-        say(f"using the prepared {DATASET!r} dataset in {ds.path}")
+        report.say(f"using the prepared {DATASET!r} dataset in {ds.path}")
         return ds
     except UserError:
         pass
-    say(f"preparing the built-in {DATASET!r} dataset")
+    report.say(f"preparing the built-in {DATASET!r} dataset")
     prepare_shapes(data_dir=data_dir, name=DATASET)
     return find_dataset(DATASET, data_dir)
 
 
-def _write_val_images(ds: Any, split: str, out: Path, n: int) -> Path:
+def _write_val_images(ds: Dataset, split: str, out: Path, n: int) -> Path:
     """The first `n` images of `split`, as the files a user would have."""
     out.mkdir(parents=True, exist_ok=True)
     src = ds.source(split)
@@ -66,45 +70,40 @@ def run(
     *,
     data_dir: str | None = None,
     sets: Sequence[str] = (),
-    report: Callable[[str, dict[str, Any]], None] | None = None,
+    report: Report | None = None,
 ) -> QuickstartResult:
     """Prepare the shapes data (once), train the tiny recipe in `workdir`,
     evaluate it on the val split, and predict overlays for a few val images.
 
-    `report` receives the train loop's reports plus ("stage", {"name"})."""
-    from mrcli import config as config_lib
-    from mrcli import predict
-    from mrcli.evaluate import run_eval
-    from mrcli.train import train
-
-    report = report or (lambda kind, data: None)
-    say = lambda text: report("message", {"text": text})  # noqa: E731
+    `report` hears each stage ("stage" lines) and what train, eval and predict
+    report."""
+    report = silent(report)
     workdir = Path(workdir).expanduser()
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    report("stage", {"name": "prepare"})
-    ds = _ensure_shapes(data_dir, say)
+    report.say("prepare", "stage")
+    ds = _ensure_shapes(data_dir, report)
     seconds["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    report("stage", {"name": "train"})
+    report.say("train", "stage")
     cfg = config_lib.resolve(RECIPE, list(sets))
     cfg = config_lib.override(cfg, {"data.dataset": DATASET, "train.eval_every": 0})
     train(cfg, workdir, data_dir=data_dir, report=report)
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    report("stage", {"name": "eval"})
+    report.say("eval", "stage")
     result = run_eval(workdir=str(workdir), checkpoint="last", data=DATASET,
-                      out=str(workdir / "eval"), data_dir=data_dir)  # fmt: skip
+                      out=str(workdir / "eval"), data_dir=data_dir, report=report)  # fmt: skip
     seconds["eval"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    report("stage", {"name": "predict"})
+    report.say("predict", "stage")
     images = _write_val_images(ds, cfg.data.eval_split, workdir / "val_images", PREDICT_IMAGES)
     pred = predict.run(images, workdir / "predictions", workdir=workdir, checkpoint="last",
-                       overwrite=True)  # fmt: skip
+                       overwrite=True, report=report)  # fmt: skip
     seconds["predict"] = time.perf_counter() - t
     return QuickstartResult(workdir=workdir, eval=result.summary(), overlays=pred.out / predict.OVERLAYS_DIR,
                             seconds=seconds)  # fmt: skip

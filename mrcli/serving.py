@@ -38,6 +38,9 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from mrcli.ops.masks import paste_masks
+
+# The artifact's format and record file; mrcli.export writes what these name.
 FORMAT = "mrcli-export/1"
 RECORD = "export.json"
 
@@ -108,8 +111,6 @@ def image_detections(
         det["mask_probs"] = probs
         det["masks"] = None
         if paste:
-            from mrcli.ops.masks import paste_masks
-
             det["masks"] = paste_masks(probs, det["boxes"], h, w,
                                        threshold=float(record.get("mask_threshold", 0.5)))  # fmt: skip
     return det

@@ -4,7 +4,7 @@
     mrcli weights import torchvision resnet50-0676ba61.pth --out r50/   # backbone only
     mrcli weights import detectron2 model_final_f10217.pkl --out ckpt/
 
-Loading never executes code from the file (DESIGN.md §8). A PyTorch zip file
+Loading never executes code from the file (docs/design.md §8). A PyTorch zip file
 goes through `torch.load(weights_only=True)` where torch is installed and
 otherwise through our restricted unpickler, which reads the zip's storages
 itself; a plain pickle (Detectron2's model-zoo `.pkl`) always goes through the
@@ -32,8 +32,10 @@ from typing import Any, Literal
 import numpy as np
 
 from mrcli import checkpoints
-from mrcli.config import Config, ModelConfig, override
+from mrcli.config import Config, ModelConfig, flatten, override, to_dict
 from mrcli.errors import UserError
+from mrcli.model import abstract
+from mrcli.model.backbone import BLOCKS
 
 Source = Literal["torchvision", "detectron2"]
 BN_EPS = 1e-5  # torchvision and Detectron2 FrozenBatchNorm2d
@@ -348,8 +350,6 @@ def _blocks_per_stage(sd: dict[str, np.ndarray], stage_prefix) -> list[int]:
 
 
 def _depth(counts: list[int], path: Path) -> int:
-    from mrcli.model.backbone import BLOCKS
-
     for depth, blocks in BLOCKS.items():
         if tuple(counts) == blocks:
             return depth
@@ -427,14 +427,14 @@ def _torchvision_detector(sd, path) -> tuple[dict, ModelConfig]:
         m.put("mask_head.deconv.kernel", w.transpose(2, 3, 0, 1))
         m.put("mask_head.deconv.bias", m.get("roi_heads.mask_predictor.conv5_mask.bias"))
         m.conv("mask_head.predictor", "roi_heads.mask_predictor.mask_fcn_logits.", bias=True)
-    cfg = ModelConfig(
-        num_classes=num_classes,
-        depth=depth,
-        fpn_channels=fpn_channels,
-        box_head_dim=sd["roi_heads.box_head.fc7.weight"].shape[0],
-        masks=masks,
-        mask_head_convs=n_convs if masks else ModelConfig.mask_head_convs,
-    )
+    cfg = _model_config({
+        "num_classes": num_classes,
+        "backbone.depth": depth,
+        "fpn.channels": fpn_channels,
+        "box_head.dim": sd["roi_heads.box_head.fc7.weight"].shape[0],
+        "masks": masks,
+        **({"mask_head.convs": n_convs} if masks else {}),
+    })
     return m, cfg
 
 
@@ -443,7 +443,7 @@ def _torchvision_backbone(sd, path) -> tuple[_Mapper, ModelConfig]:
     depth = _depth(_blocks_per_stage(sd, lambda s: f"layer{s + 1}."), path)
     _map_torchvision_resnet(m, "")
     m.used.update(k for k in sd if k.startswith("fc."))  # the ImageNet classifier
-    return m, ModelConfig(depth=depth)
+    return m, _model_config({"backbone.depth": depth})
 
 
 def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
@@ -511,23 +511,29 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
     # Detectron2's numerics: MSRA ResNet (stride in 1x1), BGR input with mean
     # subtraction only, RoIAlignV2 (aligned), L1 box losses, exact anchors, 1000
     # post-NMS proposals per image in training (Detectron2 Base-RCNN-FPN.yaml).
-    cfg = ModelConfig(
-        num_classes=k,
-        depth=depth,
-        fpn_channels=fpn_channels,
-        box_head_dim=sd["roi_heads.box_head.fc2.weight"].shape[0],
-        masks=masks,
-        mask_head_convs=n_convs if masks else ModelConfig.mask_head_convs,
-        stride_in_1x1=True,
-        torchvision_anchors=False,
-        aligned=True,
-        smooth_l1_beta=0.0,
-        rpn_post_nms_topk_train=1000,
-        pixel_order="bgr",
-        pixel_mean=pixel_mean,
-        pixel_std=pixel_std,
-    )
+    cfg = _model_config({
+        "num_classes": k,
+        "backbone.depth": depth,
+        "fpn.channels": fpn_channels,
+        "box_head.dim": sd["roi_heads.box_head.fc2.weight"].shape[0],
+        "masks": masks,
+        **({"mask_head.convs": n_convs} if masks else {}),
+        "backbone.stride_in_1x1": True,
+        "anchors.torchvision_grid": False,
+        "roi_align.aligned": True,
+        "rpn.smooth_l1_beta": 0.0,
+        "box_head.smooth_l1_beta": 0.0,
+        "rpn.post_nms_topk.train": 1000,
+        "input.pixel_order": "bgr",
+        "input.pixel_mean": pixel_mean,
+        "input.pixel_std": pixel_std,
+    })
     return m, cfg
+
+
+def _model_config(fields: dict[str, Any]) -> ModelConfig:
+    """The default ModelConfig with `fields` (keys below `model.`) set."""
+    return override(Config(), {f"model.{k}": v for k, v in fields.items()}).model
 
 
 # --- import -----------------------------------------------------------------------------
@@ -582,11 +588,9 @@ def import_weights(
     state, mcfg, categories, partial = convert(source, path, use_torch=use_torch)
     base = base or Config()
     if partial:  # a backbone: only its depth is known
-        cfg = override(base, {"model.depth": mcfg.depth})
+        cfg = override(base, {"model.backbone.depth": mcfg.backbone.depth})
     else:
-        from mrcli.config import to_dict
-
-        cfg = override(base, {f"model.{k}": v for k, v in to_dict(Config(model=mcfg))["model"].items()})
+        cfg = override(base, flatten({"model": to_dict(mcfg)}))
     _check_fits(state, cfg.model, partial, Path(path))
     written = checkpoints.save(
         out, state, cfg, categories, partial=partial,
@@ -596,7 +600,7 @@ def import_weights(
     return {
         "out": str(written),
         "source": source,
-        "depth": cfg.model.depth,
+        "depth": cfg.model.backbone.depth,
         "num_classes": cfg.model.num_classes,
         "masks": cfg.model.masks,
         "partial": partial,
@@ -606,8 +610,6 @@ def import_weights(
 
 
 def _check_fits(state: dict, cfg: ModelConfig, partial: bool, path: Path) -> None:
-    from mrcli.model import abstract
-
     _, shapes = abstract(cfg)
     checkpoints.check(shapes, state, partial=partial, origin=str(path))
 

@@ -13,4 +13,4 @@ from mrcli.config import Config, load_recipe, override
 
 def config(base: Config) -> Config:
     del base  # the 3x recipe is itself applied to the defaults
-    return override(load_recipe("r50_fpn_3x").config, {"model.depth": 101})
+    return override(load_recipe("r50_fpn_3x").config, {"model.backbone.depth": 101})

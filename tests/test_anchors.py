@@ -112,7 +112,7 @@ def test_usable_as_a_constant_under_jit_and_vmap():
 
     @jax.jit
     def decode_all(d):  # the anchors enter as a compile-time constant
-        from mrcli import boxes
+        from mrcli.ops import boxes
 
         return jax.vmap(lambda x: boxes.decode(x, jnp.asarray(g)))(d)
 

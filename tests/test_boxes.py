@@ -1,4 +1,4 @@
-"""mrcli.boxes against a plain-loop numpy reference and torchvision."""
+"""mrcli.ops.boxes against a plain-loop numpy reference and torchvision."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mrcli import boxes
+from mrcli.ops import boxes
 
 N, M = 12, 9  # fixed shapes: one compile per jitted function
 

@@ -10,12 +10,12 @@ from mrcli.errors import UserError
 
 def test_defaults_are_the_paper_baseline():
     cfg = c.Config()
-    assert cfg.model.depth == 50 and cfg.model.fpn_channels == 256
-    assert cfg.model.anchor_sizes == (32, 64, 128, 256, 512)
+    assert cfg.model.backbone.depth == 50 and cfg.model.fpn.channels == 256
+    assert cfg.model.anchors.sizes == (32, 64, 128, 256, 512)
     assert cfg.train.base_lr == 0.02 and cfg.train.global_batch == 16
     assert cfg.data.resolved_buckets() == ((800, 1344), (1344, 800))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.model.depth = 101  # type: ignore[misc]
+        cfg.model.backbone.depth = 101  # type: ignore[misc]
 
 
 def test_parse_sets_typed_values():
@@ -23,7 +23,7 @@ def test_parse_sets_typed_values():
         [
             "train.global_batch=32",
             "train.base_lr=0.04",
-            "model.aligned=true",
+            "model.roi_align.aligned=true",
             "model.masks=no",
             "train.decay_steps=210000,250000",
             "data.train_scales=640",
@@ -34,7 +34,7 @@ def test_parse_sets_typed_values():
     )
     cfg = c.override(c.Config(), updates)
     assert cfg.train.global_batch == 32 and cfg.train.base_lr == 0.04
-    assert cfg.model.aligned is True and cfg.model.masks is False
+    assert cfg.model.roi_align.aligned is True and cfg.model.masks is False
     assert cfg.train.decay_steps == (210000, 250000)
     assert cfg.data.train_scales == (640,)
     assert cfg.data.buckets == ((128, 128), (128, 256))
@@ -46,11 +46,11 @@ def test_parse_sets_typed_values():
     [
         ("model.nope=1", ["model.nope", "no field"]),
         ("nope.depth=1", ["nope.depth", "section"]),
-        ("model.depth=51", ["model.depth", "14, 26, 50, 101"]),
+        ("model.backbone.depth=51", ["model.backbone.depth", "14, 26, 50, 101"]),
         ("train.global_batch=1.5", ["train.global_batch", "int"]),
-        ("model.aligned=maybe", ["model.aligned", "bool"]),
+        ("model.roi_align.aligned=maybe", ["model.roi_align.aligned", "bool"]),
         ("model.dtype=float16", ["model.dtype", "bfloat16"]),
-        ("model.box_coder_weights=1,2", ["model.box_coder_weights"]),
+        ("model.box_head.coder_weights=1,2", ["model.box_head.coder_weights"]),
         ("train.steps", ["key=value"]),
     ],
 )
@@ -92,7 +92,38 @@ def test_recipe_smoke(name):
 def test_recipes_match_the_model_zoo():
     r101 = c.load_recipe("r101_fpn").config
     r50_3x = c.load_recipe("r50_fpn_3x").config
-    assert r101.model.depth == 101 and r50_3x.model.depth == 50
+    assert r101.model.backbone.depth == 101 and r50_3x.model.backbone.depth == 50
     assert r101.train == r50_3x.train and r101.data == r50_3x.data
     assert r50_3x.train.steps == 270_000 and r50_3x.train.decay_steps == (210_000, 250_000)
     assert c.load_recipe("r50_fpn_1x").config.train.steps == 90_000
+
+
+def test_train_and_test_values_are_one_field_chosen_in_one_place():
+    from mrcli.model.rpn import proposal_counts
+
+    cfg = c.resolve(None, ["model.rpn.pre_nms_topk.train=512", "model.rpn.post_nms_topk.test=64"])
+    assert cfg.model.rpn.pre_nms_topk == c.TrainTest(train=512, test=1000)
+    assert proposal_counts(cfg.model.rpn, training=True) == (512, 2000)
+    assert proposal_counts(cfg.model.rpn, training=False) == (1000, 64)
+    with pytest.raises(UserError, match="group of fields.*model.rpn.pre_nms_topk.train"):
+        c.resolve(None, ["model.rpn.pre_nms_topk=5"])
+
+
+def test_a_config_of_mrcli_0_1_is_migrated():
+    """The flat model fields of mrcli 0.1, as its run.json holds them, read into
+    the scoped config; every old key has a new place; an old --set key names it."""
+    flat = {"depth": 101, "fpn_channels": 128, "rpn_pre_nms_topk_train": 512,
+            "rpn_post_nms_topk_test": 64, "smooth_l1_beta": 0.0, "mask_head": "unet",
+            "aligned": True, "detection_pre_nms_topk": 300, "pixel_order": "bgr"}
+    cfg = c.from_dict({"model": flat, "train": {"steps": 7}})
+    m = cfg.model
+    assert m.backbone.depth == 101 and m.fpn.channels == 128 and m.mask_head.kind == "unet"
+    assert m.rpn.pre_nms_topk.train == 512 and m.rpn.post_nms_topk.test == 64
+    assert m.rpn.smooth_l1_beta == 0.0 and m.box_head.smooth_l1_beta == 0.0
+    assert m.roi_align.aligned and m.inference.pre_nms_topk == 300
+    assert m.input.pixel_order == "bgr" and cfg.train.steps == 7
+    keys = set(c.leaf_keys())
+    assert all(set(new) <= keys for new in c.RENAMED.values())
+    with pytest.raises(UserError, match="renamed: use model.rpn.smooth_l1_beta and "
+                                        "model.box_head.smooth_l1_beta"):
+        c.parse_sets(["model.smooth_l1_beta=0"])

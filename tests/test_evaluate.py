@@ -15,7 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcli.evaluate import STAT_NAMES, ResultsWriter, coco_evaluate, to_coco_results
+from mrcli.coco import STAT_NAMES, ResultsWriter, coco_evaluate, to_coco_results
 
 H, W = 60, 80
 # Dataset category ids are not contiguous: contiguous 1 -> 3, 2 -> 7.
@@ -162,7 +162,7 @@ def test_no_detections_scores_zero():
 def test_classes_without_a_category_are_left_out():
     """torchvision's 91-slot COCO models have unused "N/A" outputs: a detection of
     such a class has no dataset id and is not written (not as category 0)."""
-    from mrcli.evaluate import dataset_id_table, to_coco_results
+    from mrcli.coco import dataset_id_table, to_coco_results
 
     table = dataset_id_table([{"id": 1, "contiguous_id": 1, "name": "person"},
                               {"id": 3, "contiguous_id": 3, "name": "car"}])  # fmt: skip

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 SETS = [
-    "model.width=8", "model.fpn_channels=16", "model.box_head_dim=32", "model.mask_head_dim=16",
-    "model.rpn_pre_nms_topk_test=64", "model.rpn_post_nms_topk_test=32",
-    "model.detections_per_image=10", "model.score_threshold=0.0",
+    "model.backbone.width=8", "model.fpn.channels=16", "model.box_head.dim=32", "model.mask_head.dim=16",
+    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
+    "model.inference.detections_per_image=10", "model.inference.score_threshold=0.0",
     "data.image_size=64", "data.max_size=96", "data.buckets=[[64,96]]",
 ]  # fmt: skip
 BUCKET = "64x96"
@@ -103,7 +103,7 @@ def exported(work):
 
 @pytest.fixture(scope="module")
 def native(work, exported):
-    """The native model (pipeline.image_input -> Model.detect -> image_detections) on
+    """The native model (pipeline.image_input -> Model.detect -> inference.to_original) on
     the images, in its own process: {image name: arrays}."""
     root, env = work
     _python(f"""
@@ -111,7 +111,7 @@ def native(work, exported):
         from pathlib import Path
         from PIL import Image
         from mrcli.export import native_detections
-        from mrcli.train import load_trained
+        from mrcli.runs import load_trained
         trained = load_trained(None, "ckpt")
         paths = sorted(Path("images").iterdir())
         dets = native_detections(trained, (64, 96), [np.asarray(Image.open(p)) for p in paths])
@@ -406,7 +406,7 @@ def test_an_export_for_another_platform_is_refused_with_the_fix(work, tmp_path):
     """The library API (export_model) lowers for CUDA without a GPU; loading that
     artifact on this CPU names the --platforms to export with."""
     from mrcli import export, serving
-    from mrcli.train import load_trained
+    from mrcli.runs import load_trained
 
     root, _ = work
     trained = load_trained(None, str(root / "ckpt"))

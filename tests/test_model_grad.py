@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mrcli import model, train
+from mrcli import model, parallel, train
 from mrcli.config import load_recipe, override
 
 
@@ -48,7 +48,7 @@ def test_one_step_of_the_tiny_model():
     compiled step shows both: every trainable array changes, no frozen one does."""
     cfg = override(
         load_recipe("tiny").config,
-        {"model.freeze_at": 2, "train.weight_decay": 0.0, "train.warmup_steps": 0,
+        {"model.backbone.freeze_at": 2, "train.weight_decay": 0.0, "train.warmup_steps": 0,
          "train.global_batch": 2, "train.base_lr": 8.0},  # lr 1.0: small gradients show
     )
     m, state = model.create(cfg.model, seed=0)
@@ -64,7 +64,7 @@ def test_one_step_of_the_tiny_model():
     before_constants = [np.array(x) for x in jax.tree.leaves(ts.constants)]
     names = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(ts.params)]
     step = train.make_train_step(
-        train.model_loss(m), tx, train.make_mesh(jax.devices()[:1]), train.learning_rate(cfg.train)
+        train.model_loss(m), tx, parallel.make_mesh(jax.devices()[:1]), train.learning_rate(cfg.train)
     )
     ts, metrics = step(ts, batch)
 

@@ -16,21 +16,21 @@ import numpy as np
 from flax import nnx
 
 from mrcli import model
-from mrcli.config import ModelConfig
+from mrcli.config import Config, override
 from mrcli.ops.anchors import anchor_grid
 
 H = W = 64
 G = 56  # gt mask crop side: 2 x 28, so a RoI equal to its gt box samples pixel centres
 BETA = 1.0 / 9.0
 
-CFG = ModelConfig(
-    num_classes=3, depth=14, width=8, freeze_at=0, norm="group_norm", fpn_channels=8,
-    anchor_sizes=(8, 16, 32, 64, 128),
-    rpn_pre_nms_topk_train=1, rpn_post_nms_topk_train=5,
-    rpn_batch_per_image=4096, rpn_positive_fraction=1.0,
-    roi_batch_per_image=16, roi_positive_fraction=1.0, mask_fg_slots=16,
-    box_head_dim=16, mask_head_dim=8, mask_head_convs=1, aligned=True,
-)
+CFG = override(Config(), {f"model.{k}": v for k, v in {
+    "num_classes": 3, "backbone.depth": 14, "backbone.width": 8, "backbone.freeze_at": 0,
+    "backbone.norm": "group_norm", "fpn.channels": 8, "anchors.sizes": (8, 16, 32, 64, 128),
+    "rpn.pre_nms_topk.train": 1, "rpn.post_nms_topk.train": 5,
+    "rpn.batch_per_image": 4096, "rpn.positive_fraction": 1.0,
+    "roi_heads.batch_per_image": 16, "roi_heads.positive_fraction": 1.0, "mask_head.fg_slots": 16,
+    "box_head.dim": 16, "mask_head.dim": 8, "mask_head.convs": 1, "roi_align.aligned": True,
+}.items()}).model
 OBJ_BIAS = np.array([2.0, -1.0, 0.5], np.float32)  # per aspect ratio; ratio 0 wins top-1
 RPN_DELTA_BIAS = np.array(
     [[0.1, -0.05, 0.2, -0.1], [0.0, 0.1, -0.2, 0.3], [-0.1, 0.05, 0.1, 0.0]], np.float32
@@ -119,7 +119,7 @@ def _bce(logit, target):
 
 
 def _expected():
-    anchors = anchor_grid((H, W), sizes=CFG.anchor_sizes).astype(np.float64)
+    anchors = anchor_grid((H, W), sizes=CFG.anchors.sizes).astype(np.float64)
     ratio = np.arange(len(anchors)) % 3
     counts = [(H // s) * (W // s) * 3 for s in (4, 8, 16, 32, 64)]
     first = np.cumsum([0] + counts[:-1])

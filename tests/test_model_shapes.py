@@ -4,8 +4,6 @@ torchvision's (44.4 M for maskrcnn_resnet50_fpn with 91 classes)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -13,7 +11,7 @@ from flax import nnx
 
 import torchvision_ref
 from mrcli import model
-from mrcli.config import ModelConfig, load_recipe
+from mrcli.config import Config, ModelConfig, load_recipe, override
 from mrcli.model.layers import Constant, Frozen
 
 # torchvision's maskrcnn_resnet50_fpn (91 outputs incl. background): 44,401,393
@@ -23,6 +21,11 @@ R50_FPN_PARAMS = 44_401_393
 R101_FPN_PARAMS = 63_341_297
 
 H, W = 800, 1344
+
+
+def _model(fields: dict) -> ModelConfig:
+    """The default model config with `fields` (keys below `model.`) set."""
+    return override(Config(), {f"model.{k}": v for k, v in fields.items()}).model
 
 
 def _batch_spec(cfg: ModelConfig, b: int, n: int = 100, g: int = 112) -> dict:
@@ -40,7 +43,7 @@ def _batch_spec(cfg: ModelConfig, b: int, n: int = 100, g: int = 112) -> dict:
 
 @pytest.mark.parametrize("depth,count", [(50, R50_FPN_PARAMS), (101, R101_FPN_PARAMS)])
 def test_parameter_count(depth, count):
-    _, state = model.abstract(ModelConfig(num_classes=90, depth=depth))
+    _, state = model.abstract(_model({"num_classes": 90, "backbone.depth": depth}))
     assert model.count_parameters(state) == count
 
 
@@ -62,9 +65,9 @@ def test_parameter_count_matches_torchvision():
 
 @pytest.mark.parametrize("depth", [50, 101])
 def test_eval_shape_entry_points(depth):
-    cfg = ModelConfig(num_classes=80, depth=depth)
+    cfg = _model({"num_classes": 80, "backbone.depth": depth})
     m, state = model.abstract(cfg)
-    d = cfg.detections_per_image
+    d = cfg.inference.detections_per_image
     dets = jax.eval_shape(
         m.detect, state, jax.ShapeDtypeStruct((2, H, W, 3), jnp.float32),
         jax.ShapeDtypeStruct((2, 5), jnp.float32),
@@ -86,7 +89,7 @@ def test_eval_shape_entry_points(depth):
 def test_frozen_stages_and_constants():
     """freeze_at=2: stem and res2 hold Frozen weights, res3.. trainable; frozen BN is
     Constant; the trainable split holds only nnx.Param."""
-    _, state = model.abstract(ModelConfig(freeze_at=2))
+    _, state = model.abstract(_model({"backbone.freeze_at": 2}))
     params, rest = model.split_params(state)
     flat = {tuple(map(str, p)): type(v) for p, v in nnx.to_flat_state(state)}
     assert flat[("backbone", "stem", "kernel")] is Frozen
@@ -102,21 +105,26 @@ def test_frozen_stages_and_constants():
 
 
 def test_variants_build():
-    tiny = load_recipe("tiny").config.model
+    tiny = load_recipe("tiny").config
+
+    def variant(**fields):
+        return override(tiny, {f"model.{k}": v for k, v in fields.items()}).model
+
     for cfg in (
-        tiny,
-        dataclasses.replace(tiny, mask_head="unet"),
-        dataclasses.replace(tiny, masks=False),
-        dataclasses.replace(tiny, depth=26, dtype="bfloat16"),
-        dataclasses.replace(tiny, stride_in_1x1=True, norm="frozen_bn"),
+        tiny.model,
+        variant(**{"mask_head.kind": "unet"}),
+        variant(masks=False),
+        variant(**{"backbone.depth": 26, "dtype": "bfloat16"}),
+        variant(**{"backbone.stride_in_1x1": True, "backbone.norm": "frozen_bn"}),
     ):
         m, state = model.abstract(cfg)
         dets = jax.eval_shape(
             m.detect, state, jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32),
             jax.ShapeDtypeStruct((1, 5), jnp.float32),
         )
-        assert dets["boxes"].shape == (1, cfg.detections_per_image, 4)
+        d = cfg.inference.detections_per_image
+        assert dets["boxes"].shape == (1, d, 4)
         assert ("masks" in dets) == cfg.masks
         if cfg.masks:
-            assert dets["masks"].shape == (1, cfg.detections_per_image, 28, 28)
+            assert dets["masks"].shape == (1, d, 28, 28)
         assert dets["scores"].dtype == jnp.float32  # float32 outputs under bfloat16 too

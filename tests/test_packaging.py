@@ -33,7 +33,7 @@ def test_wheel_ships_recipes(tmp_path):
     code = (
         "import mrcli.config as c, sys; "
         "assert c.__file__.startswith(sys.argv[1]), c.__file__; "
-        "print(c.recipes_dir()); print(c.load_recipe('r101_fpn').config.model.depth)"
+        "print(c.recipes_dir()); print(c.load_recipe('r101_fpn').config.model.backbone.depth)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(site)],

@@ -22,15 +22,16 @@ from mrcli import checkpoints
 from mrcli import config as c
 from mrcli import predict as P
 from mrcli.errors import UserError
+from mrcli.progress import Report
 
 from cli_runner import run_cli
 
 MICRO = [
     "data.image_size=64", "data.max_size=64",
-    "model.width=8", "model.fpn_channels=16", "model.anchor_sizes=8,16,32,64,128",
-    "model.rpn_pre_nms_topk_test=64", "model.rpn_post_nms_topk_test=32",
-    "model.box_head_dim=32", "model.mask_head_dim=8", "model.mask_head_convs=1",
-    "model.detections_per_image=8",
+    "model.backbone.width=8", "model.fpn.channels=16", "model.anchors.sizes=8,16,32,64,128",
+    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
+    "model.box_head.dim=32", "model.mask_head.dim=8", "model.mask_head.convs=1",
+    "model.inference.detections_per_image=8",
 ]  # fmt: skip
 # Dataset category ids are not the contiguous ones.
 CATEGORIES = [
@@ -114,10 +115,24 @@ UNREADABLE = {"sub/broken.jpg", "truncated.png"}
 @pytest.fixture(scope="module")
 def folder_run(ckpt, tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "out"
-    events = []
+    events = _Events()
     result = P.run(tree, out, checkpoint=str(ckpt), score=float(SCORE), batch_size=4,
-                   report=lambda kind, data: events.append((kind, data)))  # fmt: skip
+                   report=events)  # fmt: skip
     return result, out, events
+
+
+class _Events(Report):
+    """What predict reports: its warning lines and each progress count."""
+
+    def __init__(self):
+        self.warnings, self.done = [], []
+
+    def say(self, text, kind="info"):
+        if kind == "warning":
+            self.warnings.append(text)
+
+    def advance(self, done, **numbers):
+        self.done.append(done)
 
 
 def _load(out: Path):
@@ -134,8 +149,10 @@ def test_folder_recursion_every_input_kind_and_mirrored_outputs(folder_run, tree
     assert set(skipped) == UNREADABLE
     assert "unknown format" in skipped["sub/broken.jpg"]
     assert "truncated" in skipped["truncated.png"]
-    assert [d["path"] for k, d in events if k == "skipped"] == [f for f, _ in result.skipped]
-    assert [d["done"] for k, d in events if k == "progress"][-1] == result.num_inputs
+    assert len(events.warnings) == len(result.skipped)
+    for line, (f, reason) in zip(events.warnings, result.skipped):
+        assert line == f"skipped {f}: {reason}"
+    assert events.done[-1] == result.num_inputs
     assert result.buckets == [(64, 64)] and result.batch_size % 4 == 0
     _, images = _load(out)
     assert sorted(i["file_name"] for i in images) == sorted(READABLE)
@@ -266,10 +283,10 @@ def test_user_errors(ckpt, tree, tmp_path):
 
 
 def test_cli_refuses_to_overwrite_then_overwrites(ckpt, tree, tmp_path, capsys, monkeypatch):
-    import mrcli.cli
+    import mrcli.cli.core
 
     # (the persistent compilation cache is process-wide JAX config: leave it off here)
-    monkeypatch.setattr(mrcli.cli, "_enable_compilation_cache", lambda: None)
+    monkeypatch.setattr(mrcli.cli.core, "use_compilation_cache", lambda: None)
     out = tmp_path / "out"
     args = ["predict", str(tree / "sub"), "--out", str(out), "--checkpoint", str(ckpt),
             "--score", SCORE, "--batch-size", "4"]  # fmt: skip

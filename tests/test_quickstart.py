@@ -8,7 +8,7 @@ from cli_runner import run_cli
 from test_train import MICRO
 
 from mrcli.data.prepare import prepare_shapes
-from mrcli.evaluate import STAT_NAMES
+from mrcli.coco import STAT_NAMES
 
 
 def test_quickstart_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torchvision_ref
 
-from mrcli import boxes as box_ops
+from mrcli.ops import boxes as box_ops
 from mrcli.ops.anchors import anchor_grid
 from mrcli.ops.sampling import match, match_boxes, sample_balanced
 

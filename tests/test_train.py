@@ -24,12 +24,12 @@ from mrcli.data.prepare import prepare_shapes
 MICRO = [
     "data.image_size=64", "data.max_size=64", "data.max_instances=8", "data.num_workers=0",
     "data.mask_crop_size=28",
-    "model.width=8", "model.fpn_channels=16", "model.anchor_sizes=8,16,32,64,128",
-    "model.rpn_pre_nms_topk_train=64", "model.rpn_post_nms_topk_train=32",
-    "model.rpn_pre_nms_topk_test=64", "model.rpn_post_nms_topk_test=32",
-    "model.rpn_batch_per_image=32", "model.roi_batch_per_image=16", "model.mask_fg_slots=4",
-    "model.box_head_dim=32", "model.mask_head_dim=8", "model.mask_head_convs=1",
-    "model.detections_per_image=8",
+    "model.backbone.width=8", "model.fpn.channels=16", "model.anchors.sizes=8,16,32,64,128",
+    "model.rpn.pre_nms_topk.train=64", "model.rpn.post_nms_topk.train=32",
+    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
+    "model.rpn.batch_per_image=32", "model.roi_heads.batch_per_image=16", "model.mask_head.fg_slots=4",
+    "model.box_head.dim=32", "model.mask_head.dim=8", "model.mask_head.convs=1",
+    "model.inference.detections_per_image=8",
     "train.global_batch=8", "train.warmup_steps=2", "train.decay_steps=5",
     "train.log_every=1", "train.eval_every=0", "eval.batch_size=8",
 ]  # fmt: skip
@@ -62,7 +62,7 @@ def _train_args(workdir, steps, every):
 
 
 def _final_params(workdir):
-    from mrcli.train import load_trained
+    from mrcli.runs import load_trained
 
     trained = load_trained(workdir, "last")
     return trained.step, {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(
@@ -127,16 +127,20 @@ def test_sigterm_saves_and_exits_zero(tmp_path, data_dir, cache_dir):
 
 
 def test_workdir_of_another_config_or_dataset_is_refused(tmp_path, data_dir):
-    from mrcli.train import check_workdir
+    from types import SimpleNamespace
+
+    from mrcli.runs import check_workdir
 
     cfg = c.resolve("tiny", MICRO)
     cats = [{"id": 1, "contiguous_id": 1, "name": "a"}]
-    assert check_workdir(tmp_path, cfg, "shapes", "f1", cats) is False
-    assert check_workdir(tmp_path, c.override(cfg, {"train.steps": 99}), "shapes", "f1", cats)
+    shapes = SimpleNamespace(name="shapes", fingerprint="f1", categories=cats)
+    other = SimpleNamespace(name="other", fingerprint="f2", categories=cats)
+    assert check_workdir(tmp_path, cfg, shapes) is False
+    assert check_workdir(tmp_path, c.override(cfg, {"train.steps": 99}), shapes)
     with pytest.raises(c.UserError, match="dataset 'shapes'.*new --workdir"):
-        check_workdir(tmp_path, cfg, "other", "f2", cats)
-    with pytest.raises(c.UserError, match="model.depth: 14 there, 50 now"):
-        check_workdir(tmp_path, c.override(cfg, {"model.depth": 50}), "shapes", "f1", cats)
+        check_workdir(tmp_path, cfg, other)
+    with pytest.raises(c.UserError, match="model.backbone.depth: 14 there, 50 now"):
+        check_workdir(tmp_path, c.override(cfg, {"model.backbone.depth": 50}), shapes)
 
 
 def test_cli_refuses_a_mismatched_class_count(tmp_path, data_dir, cache_dir):
@@ -195,6 +199,7 @@ def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, data_dir, monke
 def test_model_on_eight_devices_matches_one(data_dir):
     """The same global batch on 8 devices and on 1 gives the same parameters."""
     from mrcli import model as model_lib
+    from mrcli import parallel
     from mrcli import train as train_lib
     from mrcli.data import pipeline
     from mrcli.data.store import find_dataset
@@ -209,12 +214,12 @@ def test_model_on_eight_devices_matches_one(data_dir):
     tx = train_lib.make_optimizer(cfg.train)
 
     def run(devices):
-        mesh = train_lib.make_mesh(devices)
+        mesh = parallel.make_mesh(devices)
         step = train_lib.make_train_step(train_lib.model_loss(model), tx, mesh)
         st = jax.device_put(train_lib.init_state(params, tx, 0, constants),
-                            train_lib.replicated(mesh))  # fmt: skip
+                            parallel.replicated(mesh))  # fmt: skip
         for batch in data:
-            st, metrics = step(st, train_lib.shard_batch(batch, mesh))
+            st, metrics = step(st, parallel.shard_batch(batch, mesh))
         return jax.device_get(st.params), jax.device_get(st.constants), float(metrics["loss"])
 
     p8, c8, loss8 = run(jax.devices())
@@ -233,7 +238,13 @@ def test_init_from_a_run_or_a_checkpoint_directory(tmp_path, data_dir, cache_dir
     """--init-from takes another run's workdir (its best checkpoint) or a checkpoint
     directory; arrays of another shape (the class-specific layers) are skipped."""
     from mrcli import checkpoints
-    from mrcli.train import _init_model, load_trained
+    from mrcli.progress import Report
+    from mrcli.runs import load_trained
+    from mrcli.train import init_model
+
+    class Messages(Report, list):
+        def say(self, text, kind="info"):
+            self.append(text)
 
     source = tmp_path / "source"
     rc, _, err = _wait(_cli(_train_args(source, 2, 2), data_dir, cache_dir))
@@ -251,9 +262,9 @@ def test_init_from_a_run_or_a_checkpoint_directory(tmp_path, data_dir, cache_dir
     # The same weights as a checkpoint directory, into a model with 6 classes.
     ckpt_dir = tmp_path / "ckpt"
     checkpoints.save(ckpt_dir, trained.state, trained.config, trained.categories)
-    messages = []
+    messages = Messages()
     cfg = c.override(trained.config, {"model.num_classes": 6})
-    _, state = _init_model(cfg, str(ckpt_dir), messages.append)
+    _, state = init_model(cfg, str(ckpt_dir), messages)
     got = checkpoints.flatten(state.to_pure_dict())
     skipped = {k for k in want if np.shape(want[k]) != np.shape(got[k])}
     assert skipped == {("box_head", "cls", "bias"), ("box_head", "cls", "kernel"),
@@ -263,7 +274,7 @@ def test_init_from_a_run_or_a_checkpoint_directory(tmp_path, data_dir, cache_dir
     for k in want.keys() - skipped:
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=str(k))
     # A fresh model differs: the loaded arrays did come from the checkpoint.
-    _, fresh = _init_model(cfg, None, messages.append)
+    _, fresh = init_model(cfg, None, messages)
     fresh = checkpoints.flatten(fresh.to_pure_dict())
     assert any(not np.array_equal(fresh[k], want[k]) for k in want.keys() - skipped)
 
@@ -292,6 +303,6 @@ def test_paper_recipes_start(tmp_path, data_dir, cache_dir, recipe):
         assert np.isfinite(metrics[term]) and metrics[term] > 0, (term, metrics)
     record = json.loads((run / "run.json").read_text())
     depth = 101 if recipe == "r101_fpn" else 50
-    assert record["config"]["model"]["depth"] == depth
-    assert record["config"]["model"]["roi_batch_per_image"] == 512
+    assert record["config"]["model"]["backbone"]["depth"] == depth
+    assert record["config"]["model"]["roi_heads"]["batch_per_image"] == 512
     assert (run / "checkpoints" / "1").is_dir()

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from mrcli.config import TrainConfig
+from mrcli.parallel import make_mesh, shard_batch
 from mrcli.train import (
     decay_mask,
     init_state,
     learning_rate,
-    make_mesh,
     make_optimizer,
     make_train_step,
-    shard_batch,
 )
 
 
@@ -113,7 +112,7 @@ def test_use_cpu_cores_splits_the_cpu_before_jax_starts(xla_flags, batch, cores,
 
     code = (
         "import os; os.cpu_count = lambda: %d\n"
-        "from mrcli.train import use_cpu_cores\n"
+        "from mrcli.parallel import use_cpu_cores\n"
         "n = use_cpu_cores(%d)\n"
         "import jax\n"
         "devices = jax.device_count()\n"

@@ -18,7 +18,7 @@ needs_torch = pytest.mark.skipif(tv is None, reason="torch/torchvision not insta
 
 
 class _Evil:
-    """Unpickling this runs a shell command (the attack DESIGN.md §8 guards against)."""
+    """Unpickling this runs a shell command (the attack docs/design.md §8 guards against)."""
 
     def __init__(self, marker):
         self.marker = str(marker)
@@ -174,11 +174,12 @@ def test_torchvision_and_detectron2_mappings_agree(tmp_path, tv_state_dict):
 
     a_state, a_cfg, a_cats, a_partial = weights.convert("torchvision", tv_path)
     b_state, b_cfg, b_cats, b_partial = weights.convert("detectron2", d2_path)
-    assert (a_cfg.depth, a_cfg.num_classes, a_cfg.masks) == (50, 90, True)
+    assert (a_cfg.backbone.depth, a_cfg.num_classes, a_cfg.masks) == (50, 90, True)
     assert not a_partial and not b_partial
-    assert (b_cfg.stride_in_1x1, b_cfg.aligned, b_cfg.pixel_order, b_cfg.smooth_l1_beta) == (True, True, "bgr", 0.0)
-    assert not b_cfg.torchvision_anchors
-    np.testing.assert_allclose(b_cfg.pixel_std, (57.375, 57.12, 58.395), rtol=1e-6)
+    assert (b_cfg.backbone.stride_in_1x1, b_cfg.roi_align.aligned, b_cfg.input.pixel_order,
+            b_cfg.box_head.smooth_l1_beta, b_cfg.rpn.smooth_l1_beta) == (True, True, "bgr", 0.0, 0.0)
+    assert not b_cfg.anchors.torchvision_grid
+    np.testing.assert_allclose(b_cfg.input.pixel_std, (57.375, 57.12, 58.395), rtol=1e-6)
     assert a_cats[0]["contiguous_id"] == 1 and b_cats is None  # 90 classes: not Detectron2's COCO
     fa, fb = checkpoints.flatten(a_state), checkpoints.flatten(b_state)
     assert set(fa) == set(fb)
@@ -212,7 +213,7 @@ def test_import_full_model_writes_a_checkpoint(tmp_path, tv_state_dict):
     summary = weights.import_weights("torchvision", path, tmp_path / "ckpt")
     assert summary["num_classes"] == 90 and summary["categories"] == 80 and not summary["partial"]
     ckpt = checkpoints.load(tmp_path / "ckpt")
-    assert ckpt.config.model.num_classes == 90 and ckpt.config.model.depth == 50
+    assert ckpt.config.model.num_classes == 90 and ckpt.config.model.backbone.depth == 50
     assert ckpt.source == {"kind": "torchvision", "file": path.name}
     assert [c["name"] for c in ckpt.categories[:3]] == ["person", "bicycle", "car"]
     _, shapes = model.abstract(ckpt.config.model)

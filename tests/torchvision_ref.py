@@ -3,7 +3,7 @@
 The torchvision wheel on PyPI is built for CUDA torch; beside the CPU torch its
 compiled library (`torchvision._C`) does not load, and importing torchvision
 fails because its meta registrations expect `torchvision::nms` to exist
-(DESIGN.md §6). We define the two NMS operator schemas and give `nms` a plain
+(docs/design.md §6). We define the two NMS operator schemas and give `nms` a plain
 torch implementation (textbook greedy NMS, ties broken by a stable sort as the
 compiled kernel's `sort(descending)` does on distinct scores), and let
 `torchvision.ops.boxes` call it. RoIAlign then uses torchvision's pure-Python

@@ -1,4 +1,4 @@
-"""Reading and checking COCO-format datasets (DESIGN.md §8: bad data is
+"""Reading and checking COCO-format datasets (docs/design.md §8: bad data is
 reported, not silently trained on).
 
 `check_coco(annotations_json, images_dir)` reads one split, inspects every

@@ -13,7 +13,7 @@ processing: no flip), or the exported model is another model. Bit for bit:
   algorithm, with the pass order of the Pillow version given);
 - normalisation: float32 (pixel - mean) * float32(1 / std) in the model's
   channel order, then zeros outside the resized image (the normalised image
-  is zero padded, DESIGN.md §6).
+  is zero padded, docs/design.md §6).
 
 tests/test_export.py checks the equality against `pipeline.image_input` over
 many image sizes. Dimension key: B batch, Hc/Wc input capacity (the largest
@@ -39,8 +39,8 @@ class InputSpec:
     bucket: tuple[int, int]  # (H, W): the padded model input
     short: int  # data.image_size: short side after resizing
     max_size: int  # data.max_size: long side limit
-    bgr: bool  # model.pixel_order == "bgr"
-    mean: tuple[float, float, float]  # model.pixel_mean, 0..255 units, model channel order
+    bgr: bool  # model.input.pixel_order == "bgr"
+    mean: tuple[float, float, float]  # model.input.pixel_mean, 0..255 units, model channel order
     std: tuple[float, float, float]
     vertical_first_rule: bool = True  # Pillow >= 13's resize pass order
 

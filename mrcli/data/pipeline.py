@@ -13,8 +13,8 @@ jax.process_count(), N = data.max_instances, S = data.mask_crop_size and
 every key is present in training and in eval batches)::
 
     image       [B, H, W, 3] float32  resized, flipped (train), in the model's pixel
-                                      order (model.pixel_order), normalised as
-                                      (pixel - model.pixel_mean) / model.pixel_std
+                                      order (model.input.pixel_order), normalised as
+                                      (pixel - pixel_mean) / pixel_std of model.input
                                       (0..255 units), then zero padded right/bottom
     image_info  [B, 5]       float32  (orig_h, orig_w, scale, resized_h, resized_w):
                                       resized = round(orig * scale), before padding.
@@ -115,7 +115,7 @@ class Spec:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Spec:
-        d, m = cfg.data, cfg.model
+        d, m = cfg.data, cfg.model.input
         return cls(
             buckets=tuple(tuple(int(v) for v in b) for b in d.resolved_buckets()),
             max_size=d.max_size,
@@ -610,7 +610,7 @@ def example_batch(cfg: Config, dataset: Dataset, split: str, indices: list[int],
 
 def denormalize(image: np.ndarray, cfg: Config) -> np.ndarray:
     """A normalised [..., H, W, 3] image back to RGB uint8 (for display)."""
-    m = cfg.model
+    m = cfg.model.input
     x = image * np.asarray(m.pixel_std, np.float32) + np.asarray(m.pixel_mean, np.float32)
     if m.pixel_order == "bgr":
         x = x[..., ::-1]

@@ -12,11 +12,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mrcli import config as config_lib
 from mrcli.config import Config
 from mrcli.data import images as imagelib
 from mrcli.data import masks as masklib
 from mrcli.data import pipeline
-from mrcli.data.store import Dataset
+from mrcli.data.store import Dataset, find_dataset
 from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
 
@@ -128,3 +129,13 @@ def show(dataset: Dataset, *, split: str, out: str | os.PathLike, num: int = 8,
         write_png(path, rgb)
         paths.append(path)
     return paths
+
+
+def show_dataset(name: str, *, data_dir: str | os.PathLike | None = None, split: str = "train",
+                 out: str | os.PathLike, num: int = 8, augmented: bool = False,
+                 recipe: str | None = None, sets: Sequence[str] = (), seed: int = 0) -> list[Path]:  # fmt: skip
+    """`mrcli show`: `show` on the prepared dataset `name`, with the input sizes of
+    `recipe` and `sets` (the defaults where neither is given) for `augmented`."""
+    cfg = config_lib.resolve(recipe, list(sets)) if (recipe or sets) else None
+    return show(find_dataset(name, data_dir), split=split, out=out, num=num, augmented=augmented,
+                cfg=cfg, seed=seed)  # fmt: skip

@@ -1,9 +1,9 @@
 """ResNet backbones with bottleneck blocks (He et al. 2016, "Deep Residual Learning").
 
 The stride sits on the 3x3 conv ("ResNet v1.5", torchvision) or, with
-`model.stride_in_1x1`, on the first 1x1 conv (the original MSRA/Caffe2 ResNet
+`model.backbone.stride_in_1x1`, on the first 1x1 conv (the original MSRA/Caffe2 ResNet
 that Detectron2's model-zoo checkpoints use). Norm layers are frozen BatchNorm
-(constants) or GroupNorm (`model.norm`). Stages up to `model.freeze_at`
+(constants) or GroupNorm (`model.backbone.norm`). Stages up to `model.backbone.freeze_at`
 (1 stem, 2 stem + res2, ...) hold Frozen weights.
 
 Depths: 50 (3, 4, 6, 3) and 101 (3, 4, 23, 3) blocks per stage (paper Table 1);
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mrcli.config import ModelConfig
+from mrcli.config import BackboneConfig
 from mrcli.model.layers import Conv, FrozenBN, GroupNorm
 
 Array = jax.Array
@@ -28,17 +28,18 @@ BLOCKS = {14: (1, 1, 1, 1), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 
 EXPANSION = 4  # bottleneck output = 4 x its inner width (He et al. 2016, Fig. 5)
 
 
-def compute_dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+def compute_dtype(name: str):
+    """model.dtype -> the dtype convs and matmuls compute in."""
+    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
-def make_norm(cfg: ModelConfig, features: int, trainable: bool):
+def make_norm(cfg: BackboneConfig, features: int, trainable: bool):
     if cfg.norm == "group_norm":
         return GroupNorm(features, trainable=trainable)
     return FrozenBN(features)
 
 
-def stage_channels(cfg: ModelConfig) -> tuple[int, int, int, int]:
+def stage_channels(cfg: BackboneConfig) -> tuple[int, int, int, int]:
     """Output channels of res2..res5 (ResNet-50: 256, 512, 1024, 2048)."""
     return tuple(cfg.width * EXPANSION * 2**i for i in range(4))
 
@@ -46,8 +47,8 @@ def stage_channels(cfg: ModelConfig) -> tuple[int, int, int, int]:
 class Bottleneck(nnx.Module):
     """1x1 -> 3x3 -> 1x1 (x4 channels), projection shortcut on the first block of a stage."""
 
-    def __init__(self, cfg: ModelConfig, cin: int, width: int, stride: int, trainable: bool, rngs):
-        dtype = compute_dtype(cfg)
+    def __init__(self, cfg: BackboneConfig, cin: int, width: int, stride: int, trainable: bool,
+                 dtype, rngs):  # fmt: skip
         cout = width * EXPANSION
         s1, s3 = (stride, 1) if cfg.stride_in_1x1 else (1, stride)
         kw = dict(bias=False, trainable=trainable, dtype=dtype, rngs=rngs)
@@ -81,10 +82,9 @@ def max_pool_3x3_s2(x: Array) -> Array:  # [B,H,W,C] -> [B,H/2,W/2,C]
 
 
 class ResNet(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BackboneConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.depth not in BLOCKS:
-            raise ValueError(f"model.depth must be one of {sorted(BLOCKS)}, got {cfg.depth}")
-        dtype = compute_dtype(cfg)
+            raise ValueError(f"model.backbone.depth must be one of {sorted(BLOCKS)}, got {cfg.depth}")
         stem_trainable = cfg.freeze_at < 1
         self.stem = Conv(
             3, cfg.width, 7, stride=2, bias=False, trainable=stem_trainable, dtype=dtype, rngs=rngs
@@ -98,7 +98,7 @@ class ResNet(nnx.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(Bottleneck(cfg, cin, width, stride, trainable, rngs))
+                blocks.append(Bottleneck(cfg, cin, width, stride, trainable, dtype, rngs))
                 cin = width * EXPANSION
             stages.append(nnx.List(blocks))
         self.res2, self.res3, self.res4, self.res5 = stages

@@ -1,6 +1,6 @@
 """Feature Pyramid Network (Lin et al. 2017, "Feature Pyramid Networks for Object Detection").
 
-Lateral 1x1 convs bring C2..C5 to `fpn_channels` (256, paper §3), the top-down
+Lateral 1x1 convs bring C2..C5 to `model.fpn.channels` (256, paper §3), the top-down
 path adds each coarser map upsampled by nearest neighbour, and a 3x3 conv on
 each sum gives P2..P5. P6 subsamples P5 with stride 2 (a max-pool with kernel 1,
 as torchvision's and Detectron2's LastLevelMaxPool), for the 512-px anchors
@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mrcli.config import ModelConfig
-from mrcli.model.backbone import compute_dtype, stage_channels
+from mrcli.config import FPNConfig
 from mrcli.model.layers import Conv, c2_xavier
 
 Array = jax.Array
@@ -35,11 +34,12 @@ def upsample_nearest(x: Array, size: tuple[int, int]) -> Array:
 
 
 class FPN(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
-        f = cfg.fpn_channels
+    def __init__(self, cfg: FPNConfig, in_channels: tuple[int, ...], *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):  # fmt: skip
+        """in_channels: of C2..C5 (backbone.stage_channels)."""
+        f = cfg.channels
         kw = dict(init=c2_xavier, dtype=dtype, rngs=rngs)
-        self.lateral = nnx.List([Conv(c, f, 1, **kw) for c in stage_channels(cfg)])
+        self.lateral = nnx.List([Conv(c, f, 1, **kw) for c in in_channels])
         self.output = nnx.List([Conv(f, f, 3, **kw) for _ in range(4)])
 
     def __call__(self, feats: tuple[Array, ...]) -> tuple[Array, ...]:

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mrcli.config import ModelConfig
-from mrcli.model.backbone import compute_dtype
+from mrcli.config import BoxHeadConfig, MaskHeadConfig
 from mrcli.model.layers import Conv, Deconv2x2, Linear, normal
 
 Array = jax.Array
@@ -25,9 +24,9 @@ class RPNHead(nnx.Module):
     """Shared over levels: 3x3 conv F + ReLU, then 1x1 objectness (A) and 1x1 deltas (4A)
     (Ren et al. 2015 §3.1; init normal(0.01), zero bias, as torchvision/Detectron2)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
-        f, a = cfg.fpn_channels, len(cfg.aspect_ratios)
+    def __init__(self, in_channels: int, num_anchors: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        """num_anchors: A, anchors per location (the aspect ratios)."""
+        f, a = in_channels, num_anchors
         kw = dict(init=normal(0.01), dtype=dtype, rngs=rngs)
         self.conv = Conv(f, f, 3, **kw)
         self.objectness = Conv(f, a, 1, **kw)
@@ -50,9 +49,9 @@ class BoxHead(nnx.Module):
     features, then class logits (K + 1) and class-specific deltas (4 (K + 1)).
     Init: Caffe2 xavier fc, normal(0.01) logits, normal(0.001) deltas (Detectron2)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
-        f, p, d, k1 = cfg.fpn_channels, cfg.box_pool_size, cfg.box_head_dim, cfg.num_classes + 1
+    def __init__(self, cfg: BoxHeadConfig, in_channels: int, num_classes: int, *,
+                 dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        f, p, d, k1 = in_channels, cfg.pool_size, cfg.dim, num_classes + 1
         self.fc6 = Linear(f * p * p, d, dtype=dtype, rngs=rngs)
         self.fc7 = Linear(d, d, dtype=dtype, rngs=rngs)
         self.cls = Linear(d, k1, init=normal(0.01), dtype=dtype, rngs=rngs)
@@ -70,15 +69,15 @@ class BoxHead(nnx.Module):
 
 
 class MaskHead(nnx.Module):
-    """Mask R-CNN's FPN mask head (He et al. 2017, Fig. 4 right): `mask_head_convs` x
+    """Mask R-CNN's FPN mask head (He et al. 2017, Fig. 4 right): `mask_head.convs` x
     (3x3 conv + ReLU) -> 2x2 deconv stride 2 + ReLU -> 1x1 conv to one mask logit per
     class (K + 1 channels, channel 0 unused, as torchvision's predictor)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
-        f, d, k1 = cfg.fpn_channels, cfg.mask_head_dim, cfg.num_classes + 1
+    def __init__(self, cfg: MaskHeadConfig, in_channels: int, num_classes: int, *,
+                 dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        f, d, k1 = in_channels, cfg.dim, num_classes + 1
         self.convs = nnx.List(
-            [Conv(f if i == 0 else d, d, 3, dtype=dtype, rngs=rngs) for i in range(cfg.mask_head_convs)]
+            [Conv(f if i == 0 else d, d, 3, dtype=dtype, rngs=rngs) for i in range(cfg.convs)]
         )
         self.deconv = Deconv2x2(d, d, dtype=dtype, rngs=rngs)
         self.predictor = Conv(d, k1, 1, init=normal(0.001), dtype=dtype, rngs=rngs)
@@ -102,9 +101,9 @@ class UNetMaskHead(nnx.Module):
     14x14 + concat skip -> two 3x3 convs -> 2x2 deconv to 28x28 -> 1x1 conv to K + 1
     mask logits (per-class sigmoid, as the conv head)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
-        f, d, k1 = cfg.fpn_channels, cfg.mask_head_dim, cfg.num_classes + 1
+    def __init__(self, cfg: MaskHeadConfig, in_channels: int, num_classes: int, *,
+                 dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        f, d, k1 = in_channels, cfg.dim, num_classes + 1
         kw = dict(dtype=dtype, rngs=rngs)
         self.down1 = Conv(f, d, 3, **kw)
         self.down2 = Conv(d, d, 3, **kw)

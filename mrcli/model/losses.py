@@ -1,5 +1,5 @@
 """Mask R-CNN losses (He et al. 2017 §3: L = L_cls + L_box + L_mask, plus the RPN's
-two terms), in float32, normalised as torchvision does (DESIGN.md §6):
+two terms), in float32, normalised as torchvision does (docs/design.md §6):
 
 - RPN objectness: binary cross-entropy averaged over the sampled anchors of the
   whole batch; RPN box: smooth-L1 summed over the positive anchors, divided by the

@@ -7,7 +7,7 @@
 `MaskRCNN` (an NNX module) only holds the layers. Everything else (anchors,
 proposals, matching, sampling, RoIAlign, losses, post-processing) is a pure
 function of one image, vmapped over the batch, with shapes fixed by the
-config and the input size (DESIGN.md §2).
+config and the input size (docs/design.md §2).
 
 `Model` is the static half (config + graphdef, hashable) and `state` the
 array half (nnx.State of Param / Frozen / Constant variables, see layers.py).
@@ -15,7 +15,7 @@ Training differentiates only the `nnx.Param` part: `split_params(state)` gives
 (params, constants) and `model.loss(merge_params(params, constants), batch, rng)`
 is the loss over the params (mrcli.train.model_loss).
 
-Batch (a dict of arrays; DESIGN.md §4):
+Batch (a dict of arrays; docs/design.md §4):
   image [B,H,W,3] float32, normalised, zero-padded to the bucket
   image_info [B,5] float32 (orig_h, orig_w, scale, resized_h, resized_w)
   gt_boxes [B,N,4] float32 xyxy input pixels; gt_classes [B,N] int32 1..K
@@ -40,11 +40,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mrcli.config import ModelConfig
+from mrcli.config import ModelConfig, RoIAlignConfig
 from mrcli.model import losses, roi_heads, rpn
-from mrcli.model.backbone import ResNet
+from mrcli.model.backbone import ResNet, compute_dtype, stage_channels
 from mrcli.model.fpn import FPN
 from mrcli.model.heads import BoxHead, MaskHead, RPNHead, UNetMaskHead
+from mrcli.model.layers import Frozen
 from mrcli.ops.roi_align import multilevel_roi_align
 
 Array = jax.Array
@@ -54,16 +55,18 @@ class MaskRCNN(nnx.Module):
     """The layers: backbone, FPN, RPN head, box head and (unless box-only) a mask head."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.backbone = ResNet(cfg, rngs=rngs)
-        self.fpn = FPN(cfg, rngs=rngs)
-        self.rpn = RPNHead(cfg, rngs=rngs)
-        self.box_head = BoxHead(cfg, rngs=rngs)
+        kw = dict(dtype=compute_dtype(cfg.dtype), rngs=rngs)
+        f, k = cfg.fpn.channels, cfg.num_classes
+        self.backbone = ResNet(cfg.backbone, **kw)
+        self.fpn = FPN(cfg.fpn, stage_channels(cfg.backbone), **kw)
+        self.rpn = RPNHead(f, len(cfg.anchors.aspect_ratios), **kw)
+        self.box_head = BoxHead(cfg.box_head, f, k, **kw)
         if not cfg.masks:
             self.mask_head = None
-        elif cfg.mask_head == "unet":
-            self.mask_head = UNetMaskHead(cfg, rngs=rngs)
+        elif cfg.mask_head.kind == "unet":
+            self.mask_head = UNetMaskHead(cfg.mask_head, f, k, **kw)
         else:
-            self.mask_head = MaskHead(cfg, rngs=rngs)
+            self.mask_head = MaskHead(cfg.mask_head, f, k, **kw)
 
     def __call__(self, images: Array) -> tuple[Array, ...]:
         """[B,H,W,3] -> P2..P6, [B,H/4,W/4,C] .. [B,H/64,W/64,C]."""
@@ -79,11 +82,11 @@ def merge_params(params: nnx.State, constants: nnx.State) -> nnx.State:
     return nnx.merge_state(params, constants)
 
 
-def _pool(cfg: ModelConfig, feats, boxes: Array, size: int) -> Array:
+def _pool(cfg: RoIAlignConfig, feats, boxes: Array, size: int) -> Array:
     """Per image multilevel RoIAlign on P2..P5: boxes [B,R,4] -> [B,R,size,size,C]."""
     return jax.vmap(
         lambda f, b: multilevel_roi_align(
-            f, b, size, sampling_ratio=cfg.roi_sampling_ratio, aligned=cfg.aligned
+            f, b, size, sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned
         )
     )(list(feats[:4]), boxes)
 
@@ -124,20 +127,21 @@ class Model:
         b, h, w, _ = images.shape
         feats = net(images)
         obj, deltas = net.rpn(feats)
-        anchors, layout = rpn.anchors_for(cfg, (h, w))
+        anchors, layout = rpn.anchors_for(cfg.anchors, (h, w))
         image_hw = image_info[:, 3:5].astype(jnp.float32)
         props, pscores, pvalid = jax.vmap(
-            lambda o, d, hw: rpn.proposals(cfg, o, d, anchors, layout, hw, training=False)
+            lambda o, d, hw: rpn.proposals(cfg.rpn, o, d, anchors, layout, hw, training=False)
         )(obj, deltas, image_hw)  # [B,P,4], [B,P], [B,P]
         cls_logits, box_deltas = _heads_batched(
-            net.box_head, _pool(cfg, feats, props, cfg.box_pool_size)
+            net.box_head, _pool(cfg.roi_align, feats, props, cfg.box_head.pool_size)
         )
-        dets = jax.vmap(lambda *a: roi_heads.detections(cfg, *a))(
+        coder = cfg.box_head.coder_weights
+        dets = jax.vmap(lambda *a: roi_heads.detections(cfg.inference, coder, *a))(
             props, pvalid, cls_logits, box_deltas, image_hw
         )
         if net.mask_head is not None:
             mask_logits = _heads_batched(
-                net.mask_head, _pool(cfg, feats, dets["boxes"], cfg.mask_pool_size)
+                net.mask_head, _pool(cfg.roi_align, feats, dets["boxes"], cfg.mask_head.pool_size)
             )  # [B,D,M,M,K+1]
             dets["masks"] = jax.nn.sigmoid(_class_masks(mask_logits, dets["classes"]))
         if extras:
@@ -169,40 +173,43 @@ class Model:
 
         feats = net(images)
         obj, deltas = net.rpn(feats)  # [B,A], [B,A,4]
-        anchors, layout = rpn.anchors_for(cfg, (h, w))
+        anchors, layout = rpn.anchors_for(cfg.anchors, (h, w))
+        coder = cfg.box_head.coder_weights
 
         def per_image(o, d, hw, boxes, classes, target, crowd_i, key):
-            t = rpn.targets(cfg, anchors, boxes, target, crowd_i, key[0])
+            t = rpn.targets(cfg.rpn, anchors, boxes, target, crowd_i, key[0])
             rpn_sums = losses.rpn_terms(
                 o[t["index"]], d[t["index"]], t["label"], t["valid"], t["box_target"],
-                cfg.smooth_l1_beta,
+                cfg.rpn.smooth_l1_beta,
             )
-            props, _, pvalid = rpn.proposals(cfg, o, d, anchors, layout, hw, training=True)
-            s = roi_heads.sample_rois(cfg, props, pvalid, boxes, classes, target, crowd_i, key[1])
+            props, _, pvalid = rpn.proposals(cfg.rpn, o, d, anchors, layout, hw, training=True)
+            s = roi_heads.sample_rois(cfg.roi_heads, coder, props, pvalid, boxes, classes, target,
+                                      crowd_i, key[1])  # fmt: skip
             return rpn_sums, s
 
         terms, samples = jax.vmap(per_image)(
             obj, deltas, image_hw, gt_boxes, gt_classes, gt_target, crowd, keys
         )
         cls_logits, box_deltas = _heads_batched(
-            net.box_head, _pool(cfg, feats, samples["rois"], cfg.box_pool_size)
+            net.box_head, _pool(cfg.roi_align, feats, samples["rois"], cfg.box_head.pool_size)
         )
         terms.update(
             jax.vmap(
-                lambda *a: losses.box_terms(*a, beta=cfg.smooth_l1_beta)
+                lambda *a: losses.box_terms(*a, beta=cfg.box_head.smooth_l1_beta)
             )(cls_logits, box_deltas, samples["cls_target"], samples["valid"], samples["box_target"])
         )
         if net.mask_head is not None:
-            f = min(cfg.mask_fg_slots, cfg.roi_batch_per_image)
+            f = min(cfg.mask_head.fg_slots, cfg.roi_heads.batch_per_image)
             rois = samples["rois"][:, :f]  # positives come first
             mvalid = samples["fg"][:, :f]
             mask_logits = _heads_batched(
-                net.mask_head, _pool(cfg, feats, rois, cfg.mask_pool_size)
+                net.mask_head, _pool(cfg.roi_align, feats, rois, cfg.mask_head.pool_size)
             )
             mask_logits = _class_masks(mask_logits, samples["cls_target"][:, :f])
             m = mask_logits.shape[-1]
+            ratio = cfg.roi_align.sampling_ratio
             targets = jax.vmap(
-                lambda gm, gb, mg, r: roi_heads.mask_targets(gm, gb, mg, r, m, cfg.roi_sampling_ratio)
+                lambda gm, gb, mg, r: roi_heads.mask_targets(gm, gb, mg, r, m, ratio)
             )(batch["gt_masks"], gt_boxes, samples["matched_gt"][:, :f], rois)
             terms.update(jax.vmap(losses.mask_terms)(mask_logits, targets, mvalid))
         if "is_padding" in batch:
@@ -227,7 +234,5 @@ def abstract(cfg: ModelConfig) -> tuple[Model, nnx.State]:
 def count_parameters(state: nnx.State) -> int:
     """Number of weights (trainable and frozen), not counting frozen-BN constants,
     as torchvision counts `parameters()` (its FrozenBatchNorm2d holds buffers)."""
-    from mrcli.model.layers import Frozen
-
     params = nnx.filter_state(state, nnx.Param, Frozen)  # not the Constant BN values
     return sum(int(x.size) for x in jax.tree.leaves(params))

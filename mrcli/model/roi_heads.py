@@ -3,9 +3,10 @@
 
 Training (Fast R-CNN, Girshick 2015 §2.3; torchvision RoIHeads): the proposals
 plus the gt boxes are matched to gt (IoU >= 0.5 foreground, else background),
-`roi_batch_per_image` are sampled with at most `roi_positive_fraction`
-foreground (positives first), and box targets are encoded with the weights
-(10, 10, 5, 5). The mask head trains on the first `mask_fg_slots` sampled RoIs,
+`roi_heads.batch_per_image` are sampled with at most
+`roi_heads.positive_fraction` foreground (positives first), and box targets
+are encoded with `box_head.coder_weights` (10, 10, 5, 5). The mask head trains
+on the first `mask_head.fg_slots` sampled RoIs,
 which are the foreground ones (the sampler puts positives first).
 
 Mask targets (He et al. 2017 §3: "the intersection between an RoI and its
@@ -17,8 +18,8 @@ the TPU Mask R-CNN; torchvision keeps the soft values).
 Inference (torchvision RoIHeads.postprocess_detections): softmax scores,
 class-specific decoding, clip to the resized image, background dropped,
 (RoI, class) pairs with score > score_threshold and sides >= 0.01 px are
-candidates; the best `detection_pre_nms_topk` of them go through per-class NMS
-(0.5) and the best `detections_per_image` remain.
+candidates; the best `inference.pre_nms_topk` of them go through per-class NMS
+(0.5) and the best `inference.detections_per_image` remain.
 
 Dimension key: P proposals, N gt boxes, S sampled RoIs, F mask slots,
 R rois, K foreground classes (K + 1 with background), D detections,
@@ -30,8 +31,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mrcli import boxes as box_ops
-from mrcli.config import ModelConfig
+from mrcli.ops import boxes as box_ops
+from mrcli.config import InferenceConfig, RoIHeadsConfig
 from mrcli.ops.nms import batched_nms
 from mrcli.ops.masks import crop_and_resize_masks
 from mrcli.ops.sampling import match_boxes, sample_balanced
@@ -43,7 +44,8 @@ MIN_DETECTION_SIZE = 1e-2
 
 
 def sample_rois(
-    cfg: ModelConfig,
+    cfg: RoIHeadsConfig,
+    coder_weights: tuple[float, float, float, float],  # model.box_head.coder_weights
     proposals: Array,  # [P, 4]
     proposal_valid: Array,  # [P] bool
     gt_boxes: Array,  # [N, 4]
@@ -57,12 +59,12 @@ def sample_rois(
     candidates = jnp.concatenate([proposals, gt_boxes])  # [P + N, 4]
     cand_valid = jnp.concatenate([proposal_valid, gt_target])
     matched, labels = match_boxes(
-        gt_boxes, gt_target, candidates, cfg.roi_fg_iou, cfg.roi_bg_iou, False,
+        gt_boxes, gt_target, candidates, cfg.fg_iou, cfg.bg_iou, False,
         crowd_boxes=gt_boxes, crowd_valid=gt_crowd,
     )
     labels = jnp.where(cand_valid, labels, -1)
     index, label, valid = sample_balanced(
-        labels, cfg.roi_batch_per_image, cfg.roi_positive_fraction, key
+        labels, cfg.batch_per_image, cfg.positive_fraction, key
     )
     rois = candidates[index]
     matched_gt = matched[index]
@@ -72,7 +74,7 @@ def sample_rois(
     # Background and unused slots get targets of a box on itself (zeros): never a NaN.
     safe_rois = jnp.where(valid[:, None], rois, jnp.array([0.0, 0.0, 1.0, 1.0]))
     g = jnp.where(valid[:, None], g, safe_rois)
-    box_target = box_ops.encode(g, safe_rois, cfg.box_coder_weights)
+    box_target = box_ops.encode(g, safe_rois, coder_weights)
     return {
         "rois": rois,
         "cls_target": cls_target,
@@ -103,7 +105,8 @@ def mask_targets(
 
 
 def detections(
-    cfg: ModelConfig,
+    cfg: InferenceConfig,
+    coder_weights: tuple[float, float, float, float],  # model.box_head.coder_weights
     rois: Array,  # [R, 4]
     roi_valid: Array,  # [R] bool
     logits: Array,  # [R, K+1]
@@ -115,14 +118,14 @@ def detections(
     r, k1 = logits.shape
     k = k1 - 1
     scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1:]  # [R, K]
-    boxes = box_ops.decode(deltas.astype(jnp.float32), rois[:, None, :], cfg.box_coder_weights)
+    boxes = box_ops.decode(deltas.astype(jnp.float32), rois[:, None, :], coder_weights)
     boxes = box_ops.clip(boxes, image_hw[0], image_hw[1])[:, 1:]  # [R, K, 4]
     big = ((boxes[..., 2] - boxes[..., 0]) >= MIN_DETECTION_SIZE) & (
         (boxes[..., 3] - boxes[..., 1]) >= MIN_DETECTION_SIZE
     )
     ok = (scores > cfg.score_threshold) & big & roi_valid[:, None]  # [R, K]
     flat_scores = jnp.where(ok, scores, -jnp.inf).reshape(-1)  # [R*K], index r*K + (class-1)
-    n = min(cfg.detection_pre_nms_topk, r * k)
+    n = min(cfg.pre_nms_topk, r * k)
     cand_scores, cand = jax.lax.top_k(flat_scores, n)  # best first, ties by index
     cand_boxes = boxes.reshape(-1, 4)[cand]
     cand_classes = (cand % k + 1).astype(jnp.int32)

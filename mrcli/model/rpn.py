@@ -5,7 +5,7 @@ Proposals follow torchvision's RegionProposalNetwork.filter_proposals with
 static shapes: per level, the top-k anchors by objectness logit (k =
 min(pre_nms_topk, anchors of the level)) are decoded (box-coder weights 1, dw/dh
 clamped at log(1000/16)), clipped to the resized image, boxes with a side below
-`rpn_min_size` are dropped (never kept by NMS), NMS 0.7 runs on the sigmoid
+`rpn.min_size` are dropped (never kept by NMS), NMS 0.7 runs on the sigmoid
 scores within the level, and the best `post_nms_topk` over all levels remain,
 best first. No gradient flows into proposals (torchvision detaches them).
 
@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrcli import boxes as box_ops
-from mrcli.config import ModelConfig
+from mrcli.ops import boxes as box_ops
+from mrcli.config import AnchorConfig, RPNConfig
 from mrcli.ops import anchors as anchor_ops
 from mrcli.ops.nms import nms
 from mrcli.ops.sampling import match_boxes, sample_balanced
@@ -31,28 +31,33 @@ Array = jax.Array
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
-def anchors_for(cfg: ModelConfig, image_hw: tuple[int, int]) -> tuple[np.ndarray, anchor_ops.AnchorLayout]:
+def anchors_for(cfg: AnchorConfig, image_hw: tuple[int, int]) -> tuple[np.ndarray, anchor_ops.AnchorLayout]:
     """The anchors of a padded input (H, W): ([A, 4] float32 numpy constant, layout)."""
-    strides = anchor_ops.STRIDES[: len(cfg.anchor_sizes)]
+    strides = anchor_ops.STRIDES[: len(cfg.sizes)]
     grid = anchor_ops.anchor_grid(
-        image_hw, strides, cfg.anchor_sizes, cfg.aspect_ratios, cfg.torchvision_anchors
+        image_hw, strides, cfg.sizes, cfg.aspect_ratios, cfg.torchvision_grid
     )
     layout = anchor_ops.anchor_layout(
-        image_hw, strides, len(cfg.aspect_ratios), cfg.torchvision_anchors
+        image_hw, strides, len(cfg.aspect_ratios), cfg.torchvision_grid
     )
     return grid, layout
 
 
-def num_proposals(cfg: ModelConfig, layout: anchor_ops.AnchorLayout, training: bool) -> int:
+def proposal_counts(cfg: RPNConfig, training: bool) -> tuple[int, int]:
+    """(pre-NMS top-k per level, post-NMS top-k per image): the one place the
+    train and test values are chosen."""
+    return cfg.pre_nms_topk.pick(training), cfg.post_nms_topk.pick(training)
+
+
+def num_proposals(cfg: RPNConfig, layout: anchor_ops.AnchorLayout, training: bool) -> int:
     """P, the static number of proposal slots per image."""
-    pre = cfg.rpn_pre_nms_topk_train if training else cfg.rpn_pre_nms_topk_test
-    post = cfg.rpn_post_nms_topk_train if training else cfg.rpn_post_nms_topk_test
+    pre, post = proposal_counts(cfg, training)
     k_max = max(min(pre, n) for n in layout.counts)
     return min(post, len(layout.counts) * min(k_max, post))
 
 
 def proposals(
-    cfg: ModelConfig,
+    cfg: RPNConfig,
     logits: Array,  # [A] objectness logits
     deltas: Array,  # [A, 4]
     anchors: np.ndarray,  # [A, 4] xyxy
@@ -62,8 +67,7 @@ def proposals(
 ) -> tuple[Array, Array, Array]:
     """Proposals of one image: (boxes [P, 4], scores [P] sigmoid, valid [P]), best first.
     Invalid slots (fewer than P boxes survive) have score 0 and valid False."""
-    pre = cfg.rpn_pre_nms_topk_train if training else cfg.rpn_pre_nms_topk_test
-    post = cfg.rpn_post_nms_topk_train if training else cfg.rpn_post_nms_topk_test
+    pre, post = proposal_counts(cfg, training)
     logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
     deltas = jax.lax.stop_gradient(deltas).astype(jnp.float32)
     anchors = jnp.asarray(anchors)
@@ -79,8 +83,8 @@ def proposals(
         top_logits, idx = jax.lax.top_k(logits[sl], k)  # [k]
         boxes = box_ops.decode(deltas[sl][idx], anchors[sl][idx], RPN_BOX_WEIGHTS)
         boxes = box_ops.clip(boxes, h, w)  # [k, 4]
-        big = ((boxes[:, 2] - boxes[:, 0]) >= cfg.rpn_min_size) & (
-            (boxes[:, 3] - boxes[:, 1]) >= cfg.rpn_min_size
+        big = ((boxes[:, 2] - boxes[:, 0]) >= cfg.min_size) & (
+            (boxes[:, 3] - boxes[:, 1]) >= cfg.min_size
         )
         pad = k_max - k
         level_boxes.append(jnp.pad(boxes, ((0, pad), (0, 0))))
@@ -89,7 +93,7 @@ def proposals(
     boxes = jnp.stack(level_boxes)  # [L, k_max, 4]
     scores = jnp.stack(level_scores)  # [L, k_max]
     keep, keep_valid = jax.vmap(
-        lambda b, s, v: nms(b, s, cfg.rpn_nms_threshold, out_k, valid=v)
+        lambda b, s, v: nms(b, s, cfg.nms_threshold, out_k, valid=v)
     )(boxes, scores, jnp.stack(level_ok))  # [L, out_k]
     boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1).reshape(-1, 4)
     scores = jnp.where(keep_valid, jnp.take_along_axis(scores, keep, axis=1), -jnp.inf).reshape(-1)
@@ -100,7 +104,7 @@ def proposals(
 
 
 def targets(
-    cfg: ModelConfig,
+    cfg: RPNConfig,
     anchors: np.ndarray,  # [A, 4]
     gt_boxes: Array,  # [N, 4]
     gt_target: Array,  # [N] bool: a valid, non-crowd gt
@@ -109,16 +113,16 @@ def targets(
 ) -> dict[str, Array]:
     """RPN training targets of one image (Faster R-CNN §3.1.2): anchors with IoU >= 0.7
     (or a gt's best anchor) positive, < 0.3 negative, anchors mostly inside a crowd
-    region ignored; `rpn_batch_per_image` sampled, at most `rpn_positive_fraction`
+    region ignored; `batch_per_image` sampled, at most `positive_fraction`
     positive. Returns index [S] into A, label [S] (1/0, -1 unused slot), valid [S],
     box_target [S, 4] (encoded with unit weights; meaningful where label == 1)."""
     anchors = jnp.asarray(anchors)
     matched, labels = match_boxes(
-        gt_boxes, gt_target, anchors, cfg.rpn_fg_iou, cfg.rpn_bg_iou, True,
+        gt_boxes, gt_target, anchors, cfg.fg_iou, cfg.bg_iou, True,
         crowd_boxes=gt_boxes, crowd_valid=gt_crowd,
     )
     index, label, valid = sample_balanced(
-        labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction, key
+        labels, cfg.batch_per_image, cfg.positive_fraction, key
     )
     a = anchors[index]
     g = gt_boxes[matched[index]]

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from mrcli.ops.roi_align import _check_sampling_ratio, _gather_taps, _tap_geometry
+from mrcli.ops.roi_align import check_sampling_ratio, gather_taps, tap_geometry
 
 __all__ = ["crop_and_resize_masks", "paste_masks"]
 
@@ -70,14 +70,14 @@ def crop_and_resize_masks(
     resampled to S x S around its gt box): pass the crops as `masks` and the
     RoIs in crop pixels, (roi - gt_x1y1) * S / gt_size.
     """
-    ratio = _check_sampling_ratio(sampling_ratio)
+    ratio = check_sampling_ratio(sampling_ratio)
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(f"crop_and_resize_masks: size must be a positive int, got {size!r}")
     n, h, w = masks.shape
     if n * h * w >= 2**31:
         raise ValueError(f"crop_and_resize_masks: {n} masks of {h}x{w} hold more than 2**31 pixels")
     r = boxes.shape[0]
-    index, weight = _tap_geometry(
+    index, weight = tap_geometry(
         boxes,
         jnp.full((r,), h, jnp.int32),
         jnp.full((r,), w, jnp.int32),
@@ -94,7 +94,7 @@ def crop_and_resize_masks(
     if n == 0:  # no gt at all: every target is empty
         return jnp.zeros((r, size, size), jnp.float32)
     flat = masks.reshape(n * h * w, 1)
-    return _gather_taps((flat,), jnp.zeros((r,), jnp.int32), index, weight)[..., 0]
+    return gather_taps((flat,), jnp.zeros((r,), jnp.int32), index, weight)[..., 0]
 
 
 def _resize_taps(in_size: int, out_size: int, dst: np.ndarray):

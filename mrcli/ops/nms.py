@@ -37,7 +37,7 @@ max_output 1000; run time after compilation, N = 1000 / 4000 / 20000):
 
 So this module uses (1). Every loop has a static trip count (no data-dependent
 `while`, no host sync on GPU); after the last eligible box the remaining steps
-only write invalid slots. IoU is computed as `mrcli.boxes.iou` does (a pair
+only write invalid slots. IoU is computed as `mrcli.ops.boxes.iou` does (a pair
 with non-positive union has IoU 0); note that XLA may contract a*b+c into one
 fused multiply-add, so an IoU can differ from torchvision's in the last bit,
 which changes a decision only for a pair within one ulp of the threshold

@@ -82,7 +82,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-__all__ = ["assign_levels", "multilevel_roi_align", "roi_align"]
+__all__ = [
+    "assign_levels", "check_sampling_ratio", "gather_taps", "multilevel_roi_align", "roi_align",
+    "tap_geometry",
+]
 
 # FPN paper (Lin et al. 2017) eq. 1: k = floor(k0 + log2(sqrt(wh) / 224)),
 # k0 = 4; torchvision's LevelMapper adds eps = 1e-6 before the floor so that
@@ -102,7 +105,7 @@ def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
-def _check_sampling_ratio(sampling_ratio) -> int:
+def check_sampling_ratio(sampling_ratio) -> int:
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(
             f"sampling_ratio must be a static Python int (the number of samples per bin side), "
@@ -154,7 +157,7 @@ def _axis_taps(
     return idx, w
 
 
-def _tap_geometry(
+def tap_geometry(
     boxes: Array,  # [R, 4] float xyxy, in the pixels that `scale` maps onto the map
     height: Array,  # [R] int32, height of each box's map
     width: Array,  # [R] int32, width of each box's map
@@ -208,7 +211,7 @@ def _sum_taps(
 
 
 @jax.custom_vjp
-def _gather_taps(
+def gather_taps(
     maps: tuple[Array, ...],  # L x [P_l, C] any dtype, the same C: flattened feature maps
     level: Array,  # [R] int32 in [0, L): the map each box reads
     index: Array,  # [R, oh, ow, T] int32, rows of the box's map
@@ -229,7 +232,7 @@ def _gather_taps(
 
 
 def _gather_taps_fwd(maps, level, index, weight):
-    return _gather_taps(maps, level, index, weight), (maps, level, index, weight)
+    return gather_taps(maps, level, index, weight), (maps, level, index, weight)
 
 
 def _gather_taps_bwd(res, ct):
@@ -252,7 +255,7 @@ def _gather_taps_bwd(res, ct):
     return tuple(g.astype(m.dtype) for g, m in zip(parts, maps)), None, None, None
 
 
-_gather_taps.defvjp(_gather_taps_fwd, _gather_taps_bwd)
+gather_taps.defvjp(_gather_taps_fwd, _gather_taps_bwd)
 
 
 def roi_align(
@@ -270,10 +273,10 @@ def roi_align(
     whatever the features' dtype; the result has the features' dtype.
     """
     size = _pair(output_size)
-    ratio = _check_sampling_ratio(sampling_ratio)
+    ratio = check_sampling_ratio(sampling_ratio)
     h, w, c = features.shape
     r = boxes.shape[0]
-    index, weight = _tap_geometry(
+    index, weight = tap_geometry(
         boxes,
         jnp.full((r,), h, jnp.int32),
         jnp.full((r,), w, jnp.int32),
@@ -282,7 +285,7 @@ def roi_align(
         ratio,
         bool(aligned),
     )
-    pooled = _gather_taps((features.reshape(h * w, c),), jnp.zeros((r,), jnp.int32), index, weight)
+    pooled = gather_taps((features.reshape(h * w, c),), jnp.zeros((r,), jnp.int32), index, weight)
     return pooled.astype(features.dtype)
 
 
@@ -329,7 +332,7 @@ def multilevel_roi_align(
     own level only (one RoIAlign's worth of gathers, not L).
     """
     size = _pair(output_size)
-    ratio = _check_sampling_ratio(sampling_ratio)
+    ratio = check_sampling_ratio(sampling_ratio)
     n_levels = max_level - min_level + 1
     if len(features) != n_levels:
         raise ValueError(
@@ -350,8 +353,8 @@ def multilevel_roi_align(
     scales = np.array([2.0**-lvl for lvl in range(min_level, max_level + 1)], np.float32)
     dtype = features[0].dtype
     k = assign_levels(boxes, canonical_scale, canonical_level, min_level, max_level) - min_level
-    index, weight = _tap_geometry(
+    index, weight = tap_geometry(
         boxes, jnp.asarray(heights)[k], jnp.asarray(widths)[k], jnp.asarray(scales)[k], size, ratio, bool(aligned)
     )
     maps = tuple(f.reshape(-1, c).astype(dtype) for f in features)
-    return _gather_taps(maps, k, index, weight).astype(dtype)
+    return gather_taps(maps, k, index, weight).astype(dtype)

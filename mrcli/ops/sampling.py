@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from mrcli import boxes as box_ops
+from mrcli.ops import boxes as box_ops
 
 __all__ = ["match", "match_boxes", "sample_balanced"]
 

@@ -99,7 +99,7 @@ def test_normalisation_and_pixel_order(shapes_dataset):
     h, w = int(rec["height"]), int(rec["width"])
     for order, mean, std in (("rgb", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
                              ("bgr", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0))):
-        cfg = _cfg(**{"model.pixel_order": order, "model.pixel_mean": mean, "model.pixel_std": std})
+        cfg = _cfg(**{"model.input.pixel_order": order, "model.input.pixel_mean": mean, "model.input.pixel_std": std})
         b = P.example_batch(cfg, shapes_dataset, "val", [0])
         rh, rw = (int(v) for v in b["image_info"][0, 3:])
         scale = min(48 / min(h, w), 64 / max(h, w))

@@ -1,0 +1,81 @@
+"""`mrcli eval`: COCO AP of a trained model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from mrcli.cli.display import RichReport, err, out, print_json
+from mrcli.cli.options import Checkpoint, DataDir, Json, Sets, Workdir
+
+
+def eval_cmd(
+    workdir: Workdir = None,
+    checkpoint: Checkpoint = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="Dataset (default: the model's own).")
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option("--split", help="Split (default: data.eval_split).")
+    ] = None,
+    out_dir: Annotated[
+        Optional[str],
+        typer.Option("--out", help="Where to write detections.json, bbox.json, segm.json "
+                     "(default: WORKDIR/eval, else ./eval)."),
+    ] = None,
+    max_images: Annotated[
+        Optional[int], typer.Option("--max-images", help="Evaluate the first N images only.")
+    ] = None,
+    sets: Sets = None,
+    data_dir: DataDir = None,
+    as_json: Json = False,
+) -> None:
+    """COCO box and mask AP of a trained model on a dataset split (pycocotools).
+
+    Examples:
+
+      mrcli eval --workdir runs/tiny
+
+      mrcli eval --workdir runs/r101 --checkpoint last --split val --json
+
+      mrcli eval --checkpoint imported/ --data coco
+    """
+    from mrcli.evaluate import run_eval
+
+    with RichReport() as report:
+        result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split,
+                          out=out_dir, max_images=max_images, sets=sets or [], data_dir=data_dir,
+                          report=report)  # fmt: skip
+    if as_json:
+        print_json({"num_images": result.num_images, "results": str(result.results_path),
+                    **result.summary()})  # fmt: skip
+        _print_tables(result, err)
+    else:
+        _print_tables(result, out)
+    err.print(f"results: {result.results_path}", highlight=False, markup=False)
+
+
+def _print_tables(result: Any, console: Any) -> None:
+    """The 12 COCO numbers of boxes and masks, then AP per class."""
+    from mrcli.coco import STAT_NAMES
+
+    kinds = [r for r in (result.bbox, result.segm) if r is not None]
+    table = Table(title=f"COCO eval, {result.num_images} images")
+    table.add_column("")
+    for r in kinds:
+        table.add_column(r.iou_type, justify="right")
+    for name in STAT_NAMES:
+        # COCOeval reports -1 where the split has no ground truth of that size.
+        table.add_row(name, *(f"{r.stats[name]:.3f}" if r.stats[name] >= 0 else "-" for r in kinds))
+    console.print(table)
+    classes = Table(title="AP per class")
+    classes.add_column("category")
+    for r in kinds:
+        classes.add_column(r.iou_type, justify="right")
+    names = result.category_names
+    for cat_id in result.bbox.per_class_ap:
+        classes.add_row(f"{names.get(cat_id, cat_id)} ({cat_id})",
+                        *(f"{r.per_class_ap[cat_id]:.3f}" for r in kinds))  # fmt: skip
+    console.print(classes)

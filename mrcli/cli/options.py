@@ -1,0 +1,44 @@
+"""Options that several commands share, declared once (typer Annotated types)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DataDir = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data-dir",
+        help="Directory of prepared datasets (default: $MRCLI_DATA, else ~/mrcli_data).",
+    ),
+]
+Sets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config field: --set section.field=value (repeatable)."),
+]
+# Which trained model a command uses (eval, predict, export; mrcli.runs.load_trained).
+Workdir = Annotated[Optional[str], typer.Option("--workdir", help="A training run's directory.")]
+Checkpoint = Annotated[
+    Optional[str],
+    typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "
+                 "directory (`mrcli weights import`)."),
+]
+
+
+class OnError(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+OnErrorOpt = Annotated[
+    OnError,
+    typer.Option(
+        "--on-error",
+        help="fail: refuse and write nothing if any item is bad (exit 2); "
+        "skip: leave out the bad items and say how many.",
+    ),
+]
+Check = Annotated[bool, typer.Option("--check", help="Only check the data and report; write nothing.")]

@@ -1,0 +1,272 @@
+"""Inference: the one compiled `Model.detect` that eval, predict, export --verify,
+the periodic eval of training and the benchmarks all run through.
+
+    predictor = Predictor(trained.model, trained.state, trained.config)
+    for item, dets in predictor.over_images((item, rgb) for ...):   # image files
+        ...
+    for dets in predictor.over_batches(pipeline.eval_batches(...)):  # a dataset split
+        ...
+    result = evaluate_split(predictor, dataset, "val", out_dir="eval/")
+
+A Predictor owns the jitted detect (one compiled program per bucket, reused
+by every Predictor of the same model and mesh in a process), the mesh it runs
+on, fixed-shape batches (a multiple of the devices; padding rows never come
+out), and the step from model outputs to `ImageDetections` in original image
+pixels with the masks pasted (host side, as torchvision's postprocess and
+paste_masks_in_image). While the device runs batch k, the host decodes and
+pads batch k+1's images and pastes batch k-1's masks.
+
+Dimension key: B batch, H/W bucket (padded input) size, D detections,
+M mask side, h/w original image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+import jax
+import numpy as np
+from PIL import Image
+
+from mrcli import coco
+from mrcli import config as config_lib
+from mrcli import parallel
+from mrcli.config import Config
+from mrcli.data import pipeline
+from mrcli.errors import UserError
+from mrcli.model import Model
+from mrcli.ops.masks import paste_masks
+from mrcli.progress import Report, silent
+
+# Mask probabilities are thresholded here after pasting (the paper, torchvision).
+MASK_THRESHOLD = 0.5
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """One image's valid detections in its original pixels (host side)."""
+
+    image_id: int
+    boxes: np.ndarray  # [D,4] float32 xyxy, original image pixels
+    scores: np.ndarray  # [D] float32
+    classes: np.ndarray  # [D] int32, contiguous 1..K
+    masks: np.ndarray | None  # [D,h,w] bool pasted into the original image, or None
+    height: int
+    width: int
+
+
+def to_original(
+    dets: dict[str, np.ndarray],  # one image: boxes [D,4] (input px), scores, classes, valid, masks [D,M,M]
+    image_info: np.ndarray,  # [5] (orig_h, orig_w, scale, resized_h, resized_w)
+    image_id: int,
+    mask_threshold: float = MASK_THRESHOLD,
+) -> ImageDetections:
+    """Model detections of one image -> its original pixels, masks pasted.
+
+    Boxes scale by orig/resized per axis (torchvision's transform.postprocess);
+    masks are pasted at those boxes into the original image and thresholded
+    (torchvision's paste_masks_in_image, mrcli.ops.masks.paste_masks)."""
+    orig_h, orig_w, _, resized_h, resized_w = (float(v) for v in image_info)
+    keep = np.flatnonzero(np.asarray(dets["valid"], bool))
+    ratio = np.array(
+        [orig_w / resized_w, orig_h / resized_h, orig_w / resized_w, orig_h / resized_h],
+        np.float32,
+    )
+    boxes = np.asarray(dets["boxes"], np.float32)[keep] * ratio
+    h, w = int(round(orig_h)), int(round(orig_w))
+    masks = None
+    if "masks" in dets:
+        masks = paste_masks(np.asarray(dets["masks"], np.float32)[keep], boxes, h, w,
+                            threshold=mask_threshold)  # fmt: skip
+    return ImageDetections(
+        image_id=int(image_id),
+        boxes=boxes,
+        scores=np.asarray(dets["scores"], np.float32)[keep],
+        classes=np.asarray(dets["classes"], np.int32)[keep],
+        masks=masks,
+        height=h,
+        width=w,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _detect(model: Model, mesh: jax.sharding.Mesh):
+    """The one jit of Model.detect: parameters replicated, images and their info
+    sharded on the batch axis; one per (model, mesh) in a process, so repeated
+    runs reuse the compiled buckets."""
+    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    return jax.jit(model.detect, in_shardings=(rep, dat, dat))
+
+
+@dataclass
+class _Batch:
+    """A dispatched batch: per real (not padding) row its item, image id and
+    row index; the inputs' info and the device outputs of every row."""
+
+    items: list[Any]
+    ids: list[int]
+    rows: list[int]
+    info: np.ndarray  # [B, 5]
+    outputs: Any  # dict of device arrays, [B, ...]
+
+
+class Predictor:
+    """Model.detect over fixed-shape batches on a device mesh (module docstring)."""
+
+    def __init__(self, model: Model, state: Any, cfg: Config, *, mesh: jax.sharding.Mesh | None = None,
+                 batch_size: int | None = None, buckets: Iterable[tuple[int, int]] | None = None):  # fmt: skip
+        """`cfg` gives the preprocessing (data.*) and `batch_size` (default
+        eval.batch_size, rounded up to the devices); `buckets` replaces
+        data.buckets (export --verify runs the export's one bucket)."""
+        if jax.process_count() > 1:
+            # Each process would see only its shard; merging per-process
+            # results is not written yet.
+            raise UserError("inference runs on one host: run it without jax.distributed")
+        if buckets is not None:
+            cfg = config_lib.override(cfg, {"data.buckets": [list(b) for b in buckets]})
+        self.cfg = cfg
+        self.model = model
+        self.mesh = mesh if mesh is not None else parallel.make_mesh()
+        self.batch_size = parallel.round_batch(batch_size or cfg.eval.batch_size, self.mesh)
+        self.spec = pipeline.Spec.from_config(cfg)
+        self.state = jax.device_put(state, parallel.replicated(self.mesh))
+        self.compile_seconds: dict[tuple[int, int], float] = {}
+        self._detect = _detect(model, self.mesh)
+
+    @property
+    def devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    def bucket_of(self, height: int, width: int) -> int:
+        """The bucket an h x w image runs in (the input pipeline's rule)."""
+        return int(pipeline.assign_buckets(np.array([height]), np.array([width]),
+                                           self.cfg.data.image_size, self.spec.max_size,
+                                           self.spec.buckets)[0])  # fmt: skip
+
+    def dispatch(self, images: np.ndarray, info: np.ndarray) -> Any:
+        """Start detect on a full batch (images [B,H,W,3] float32, info [B,5]);
+        returns the device outputs without waiting. The first call of a bucket
+        compiles (timed in compile_seconds)."""
+        bucket = tuple(int(v) for v in images.shape[1:3])
+        t = time.perf_counter()
+        outputs = self._detect(self.state, images, info)
+        if bucket not in self.compile_seconds:
+            self.compile_seconds[bucket] = time.perf_counter() - t
+        return outputs
+
+    def collect(self, batch: _Batch) -> list[ImageDetections]:
+        """The detections of a dispatched batch's real rows, in original pixels."""
+        outputs = jax.device_get(batch.outputs)
+        return [
+            to_original({k: np.asarray(v[i]) for k, v in outputs.items()}, batch.info[i], image_id)
+            for i, image_id in zip(batch.rows, batch.ids)
+        ]
+
+    def _pipelined(self, batches: Iterable[_Batch]) -> Iterator[tuple[Any, ImageDetections]]:
+        """Collect batch k-1 only after batch k is dispatched."""
+        inflight = None
+        for batch in batches:
+            if inflight is not None:
+                yield from zip(inflight.items, self.collect(inflight))
+            inflight = batch
+        if inflight is not None:
+            yield from zip(inflight.items, self.collect(inflight))
+
+    def over_batches(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[ImageDetections]:
+        """Input-pipeline batches (pipeline.eval_batches with this predictor's
+        batch_size) -> each real image's detections, in order."""
+
+        def dispatched() -> Iterator[_Batch]:
+            for batch in batches:
+                rows = np.flatnonzero(~np.asarray(batch["is_padding"], bool)).tolist()
+                ids = [int(batch["image_id"][i]) for i in rows]
+                outputs = self.dispatch(batch["image"], batch["image_info"])
+                yield _Batch(ids, ids, rows, batch["image_info"], outputs)
+
+        for _, dets in self._pipelined(dispatched()):
+            yield dets
+
+    def over_images(self, items: Iterable[tuple[T, np.ndarray]]) -> Iterator[tuple[T, ImageDetections]]:
+        """(item, [h, w, 3] uint8 RGB) pairs -> (item, detections), in the order
+        batches complete: images are grouped by bucket into batches of
+        batch_size, and each bucket's last batch is padded. Memory holds at most
+        a batch per bucket, whatever the number of images. Image ids are 1, 2,
+        ... in input order."""
+
+        def launch(bucket: int, group: list[tuple[int, T, np.ndarray]]) -> _Batch:
+            H, W = self.spec.buckets[bucket]
+            x = np.zeros((self.batch_size, H, W, 3), np.float32)  # padding rows stay zero
+            info = np.zeros((self.batch_size, 5), np.float32)
+            for i, (_, _, rgb) in enumerate(group):
+                _, info[i] = pipeline.image_input(Image.fromarray(rgb), (H, W), self.spec,
+                                                  self.cfg.data.image_size, out=x[i])  # fmt: skip
+            return _Batch([item for _, item, _ in group], [i for i, _, _ in group],
+                          list(range(len(group))), info, self.dispatch(x, info))  # fmt: skip
+
+        def dispatched() -> Iterator[_Batch]:
+            pending: dict[int, list[tuple[int, T, np.ndarray]]] = {}
+            for image_id, (item, rgb) in enumerate(items, 1):
+                b = self.bucket_of(*rgb.shape[:2])
+                pending.setdefault(b, []).append((image_id, item, rgb))
+                if len(pending[b]) == self.batch_size:
+                    yield launch(b, pending.pop(b))
+            for b in sorted(pending):  # each bucket's last, padded batch
+                yield launch(b, pending.pop(b))
+
+        yield from self._pipelined(dispatched())
+
+
+def evaluate_split(
+    predictor: Predictor,
+    dataset: Any,  # mrcli.data.store.Dataset
+    split: str,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    max_images: int | None = None,
+    categories: list[dict[str, Any]] | None = None,
+    report: Report | None = None,
+) -> coco.DatasetEval:
+    """Run the model over `split` in fixed-shape batches, write the COCO results
+    file (streaming, dataset category ids), and score it with COCOeval (bbox,
+    and segm with masks); with `out_dir` the files go there (detections.json,
+    bbox.json, segm.json), else to a temporary folder.
+
+    `categories` is the model's category map (a checkpoint's; default the
+    dataset's); it must cover the dataset's (coco.check_categories)."""
+    report = silent(report)
+    categories = categories if categories is not None else dataset.categories
+    coco.check_categories(categories, dataset.categories, dataset.name)
+    dataset_ids = coco.dataset_id_table(categories)
+    batches = pipeline.eval_batches(predictor.cfg, dataset, split=split,
+                                    global_batch=predictor.batch_size, max_images=max_images)  # fmt: skip
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mrcli-eval-"))
+    results_path = out / "detections.json"
+    image_ids: list[int] = []
+    report.task("eval", total=batches.plan.n)
+    with batches, coco.ResultsWriter(results_path) as writer:
+        for d in predictor.over_batches(batches):
+            image_ids.append(d.image_id)
+            writer.write(coco.to_coco_results(d.image_id, d.boxes, d.scores, d.classes,
+                                              np.ones(len(d.scores), bool), dataset_ids, d.masks))  # fmt: skip
+            report.advance(len(image_ids))
+    report.end()
+    names = {int(c["id"]): c["name"] for c in dataset.categories}
+    return coco.score(dataset.coco_ground_truth(split), results_path, image_ids,
+                      masks=predictor.cfg.model.masks, category_names=names,
+                      out_dir=out_dir)  # fmt: skip
+
+
+def with_score_threshold(model: Model, score: float) -> Model:
+    """`model` keeping only detections scoring above `score` (fewer candidates in
+    its NMS; the same detections above `score` either way)."""
+    inference = dataclasses.replace(model.cfg.inference, score_threshold=float(score))
+    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, inference=inference))
