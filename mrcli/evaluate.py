@@ -46,6 +46,6 @@ def run_eval(
         raise UserError(f"{trained.origin} carries no category map; it cannot be evaluated")
     if out is None:
         out = str(Path(workdir).expanduser() / "eval") if workdir else "eval"
-    predictor = Predictor(trained.model, trained.state, cfg)
+    predictor = Predictor(trained.model, trained.state, cfg, report=report)
     return evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
                           categories=trained.categories, report=report)  # fmt: skip

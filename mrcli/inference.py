@@ -107,6 +107,11 @@ def _detect(model: Model, mesh: jax.sharding.Mesh):
     return jax.jit(model.detect, in_shardings=(rep, dat, dat))
 
 
+# (model, mesh, bucket, batch) -> the memory need of the detect programs
+# compiled in this process (the programs themselves are in the jit's cache).
+_COMPILED: dict[tuple[Any, ...], parallel.MemoryNeed] = {}
+
+
 @dataclass
 class _Batch:
     """A dispatched batch: per real (not padding) row its item, image id and
@@ -123,10 +128,12 @@ class Predictor:
     """Model.detect over fixed-shape batches on a device mesh (module docstring)."""
 
     def __init__(self, model: Model, state: Any, cfg: Config, *, mesh: jax.sharding.Mesh | None = None,
-                 batch_size: int | None = None, buckets: Iterable[tuple[int, int]] | None = None):  # fmt: skip
+                 batch_size: int | None = None, buckets: Iterable[tuple[int, int]] | None = None,
+                 report: Report | None = None):  # fmt: skip
         """`cfg` gives the preprocessing (data.*) and `batch_size` (default
         eval.batch_size, rounded up to the devices); `buckets` replaces
-        data.buckets (export --verify runs the export's one bucket)."""
+        data.buckets (export --verify runs the export's one bucket); `report`
+        hears of each bucket compiled, with its memory."""
         if jax.process_count() > 1:
             # Each process would see only its shard; merging per-process
             # results is not written yet.
@@ -140,6 +147,8 @@ class Predictor:
         self.spec = pipeline.Spec.from_config(cfg)
         self.state = jax.device_put(state, parallel.replicated(self.mesh))
         self.compile_seconds: dict[tuple[int, int], float] = {}
+        self.memory: dict[tuple[int, int], parallel.MemoryNeed] = {}
+        self.report = silent(report)
         self._detect = _detect(model, self.mesh)
 
     @property
@@ -152,16 +161,42 @@ class Predictor:
                                            self.cfg.data.image_size, self.spec.max_size,
                                            self.spec.buckets)[0])  # fmt: skip
 
+    def compile(self, bucket: tuple[int, int]) -> None:
+        """Compile detect for `bucket` at this batch size (timed in
+        compile_seconds) and refuse (a UserError) a program whose memory the
+        devices do not have. The program stays in the jit's cache and its
+        memory need in _COMPILED, for every Predictor of the model."""
+        H, W = bucket
+        B = self.batch_size
+        key = (self.model, self.mesh, bucket, B)
+        self.compile_seconds[bucket] = 0.0  # compiled before, in this process
+        if key not in _COMPILED:
+            dat = parallel.data_sharded(self.mesh)
+            start = time.perf_counter()
+            compiled = self._detect.lower(
+                self.state, jax.ShapeDtypeStruct((B, H, W, 3), np.float32, sharding=dat),
+                jax.ShapeDtypeStruct((B, 5), np.float32, sharding=dat),
+            ).compile()  # fmt: skip
+            self.compile_seconds[bucket] = time.perf_counter() - start
+            _COMPILED[key] = parallel.memory_need(compiled, self.mesh)
+            self.report.say(f"compiled the model for {H}x{W}, batch {B}, in "
+                            f"{self.compile_seconds[bucket]:.1f} s; it needs "
+                            f"{_COMPILED[key].describe()}", "detail")  # fmt: skip
+        need = self.memory[bucket] = _COMPILED[key]
+        d = self.cfg.data
+        parallel.check_memory(need, f"the model at {H}x{W}, batch {B}",
+                              f"the batch size (--batch-size, eval.batch_size={self.cfg.eval.batch_size}) "
+                              f"or the image size (data.image_size={d.image_size}, "
+                              f"data.max_size={d.max_size})")  # fmt: skip
+
     def dispatch(self, images: np.ndarray, info: np.ndarray) -> Any:
         """Start detect on a full batch (images [B,H,W,3] float32, info [B,5]);
-        returns the device outputs without waiting. The first call of a bucket
-        compiles (timed in compile_seconds)."""
-        bucket = tuple(int(v) for v in images.shape[1:3])
-        t = time.perf_counter()
-        outputs = self._detect(self.state, images, info)
+        returns the device outputs without waiting. A bucket's first batch
+        compiles it first (`compile`)."""
+        bucket = (int(images.shape[1]), int(images.shape[2]))
         if bucket not in self.compile_seconds:
-            self.compile_seconds[bucket] = time.perf_counter() - t
-        return outputs
+            self.compile(bucket)
+        return self._detect(self.state, images, info)
 
     def collect(self, batch: _Batch) -> list[ImageDetections]:
         """The detections of a dispatched batch's real rows, in original pixels."""

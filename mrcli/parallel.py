@@ -10,16 +10,24 @@ Start-up, before anything touches a device:
   `use_cpu_cores(global_batch)`  one XLA device per CPU core on CPU hosts;
   `maybe_initialize_distributed()` join a multi-host run (SLURM, TPU pods,
                                    Kubernetes, or the JAX_* variables).
+
+Before a compiled program first runs, `memory_need` compares XLA's memory
+analysis of it with what the devices have, and `check_memory` refuses a
+program that cannot fit with one line saying what to lower, instead of an
+out-of-memory kill minutes later.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mrcli.errors import UserError
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -86,3 +94,89 @@ def maybe_initialize_distributed(force: bool = False) -> None:
     )
     if force or auto:
         jax.distributed.initialize()
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What one device's program needs (XLA's memory analysis of the compiled
+    program) and what the devices offer, in bytes."""
+
+    per_device: int  # arguments + outputs not aliased with them + temporaries + code
+    arguments: int
+    temporaries: int
+    devices: int  # devices of this process that share `available`
+    available: int | None  # None: unknown here
+    where: str  # "host RAM" or "device memory"
+
+    @property
+    def total(self) -> int:
+        """What the devices sharing `available` need together."""
+        return self.per_device * self.devices
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def describe(self) -> str:
+        """e.g. '2.1 GB per device x 2 devices, of 21.9 GB host RAM available'."""
+        text = f"{gb(self.per_device)} per device"
+        if self.devices > 1:
+            text += f" x {self.devices} devices"
+        if self.available is not None:
+            text += f", of {gb(self.available)} {self.where} available"
+        return text
+
+
+def gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n < 10e9 else f"{n / 1e9:.1f} GB"
+
+
+def _host_available() -> int | None:
+    """Memory this host can still give (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_need(compiled: jax.stages.Compiled, mesh: Mesh) -> MemoryNeed:
+    """The per-device memory of a compiled program over `mesh`, beside what this
+    process's devices of the mesh have: their own memory on accelerators
+    (`memory_stats()['bytes_limit']`), the host's available RAM, shared by every
+    local device, on CPU."""
+    stats = compiled.memory_analysis()
+    args = int(stats.argument_size_in_bytes)
+    # Donated arguments come back as aliased outputs: count them once.
+    outputs = int(stats.output_size_in_bytes) - int(stats.alias_size_in_bytes)
+    temps = int(stats.temp_size_in_bytes)
+    code = int(stats.generated_code_size_in_bytes)
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    device = local[0]
+    if device.platform == "cpu":
+        available, sharing, where = _host_available(), len(local), "host RAM"
+    else:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        available, sharing, where = (int(limit) if limit else None), 1, "device memory"
+    return MemoryNeed(per_device=args + outputs + temps + code, arguments=args, temporaries=temps,
+                      devices=sharing, available=available, where=where)  # fmt: skip
+
+
+def check_memory(need: MemoryNeed, what: str, lower: str) -> None:
+    """A UserError unless `need` fits: one line naming the need, what is
+    available, and `lower`, the settings that shrink it."""
+    if need.fits:
+        return
+    raise UserError(
+        f"{what} needs {gb(need.total)} ({need.describe()}; arguments {gb(need.arguments)}, "
+        f"temporaries {gb(need.temporaries)} per device): it cannot run here. Lower {lower}"
+    )

@@ -359,7 +359,8 @@ def run(
     # Detections scoring above --score: the model's own threshold, so fewer
     # candidates enter its NMS (the same detections above --score either way).
     model = inference.with_score_threshold(trained.model, score)
-    predictor = Predictor(model, trained.state, trained.config, batch_size=batch_size)
+    predictor = Predictor(model, trained.state, trained.config, batch_size=batch_size,
+                          report=report)  # fmt: skip
 
     skipped: list[tuple[str, str]] = []
     counts = {"done": 0, "instances": 0, "images": 0}
@@ -380,7 +381,6 @@ def run(
             counts["images"] += 1
             yield (image, outputs, rgb), rgb
 
-    compiled: set[tuple[int, int]] = set()
     with ExitStack() as stack:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"format": "mrcli-predict/1"}) + "\n")
@@ -389,10 +389,6 @@ def run(
             writers = (stack.enter_context(coco.ResultsWriter(out / RESULTS_FILE)),
                        stack.enter_context(coco.ResultsWriter(out / IMAGES_FILE)))  # fmt: skip
         for (image, outputs, rgb), dets in predictor.over_images(decoded()):
-            for bucket in predictor.compile_seconds.keys() - compiled:
-                compiled.add(bucket)
-                report.say(f"compiled bucket {bucket[0]}x{bucket[1]} in "
-                           f"{predictor.compile_seconds[bucket]:.1f} s", "detail")  # fmt: skip
             inst = image_instances(dets, categories)
             write_outputs(outputs, inst, rgb, image.rel.as_posix(), dets.image_id, categories, writers)
             counts["instances"] += len(inst.scores)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -96,42 +97,58 @@ def run_record(cfg: Config, dataset: Any) -> dict[str, Any]:
     }
 
 
-def check_workdir(workdir: Path, cfg: Config, dataset: Any) -> bool:
-    """Create WORKDIR/run.json, or check that this run may continue the one there.
+def has_checkpoints(workdir: Path) -> bool:
+    """Whether the run in `workdir` saved any checkpoint."""
+    folder = workdir / CHECKPOINTS
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
-    Returns True where the workdir already holds a run (a resume). A workdir
-    made with another dataset, or with a config that differs in anything but
-    RESUMABLE_CHANGES, is refused with the fields that differ."""
-    workdir.mkdir(parents=True, exist_ok=True)
+
+def check_workdir(workdir: Path, cfg: Config, dataset: Any) -> str:
+    """Whether this run may use `workdir`, writing nothing: "new" (no run there),
+    "resume" (the same run: its config differs at most in RESUMABLE_CHANGES),
+    or "restart" (a run with another config or dataset that never saved a
+    checkpoint: nothing to lose, so it starts again). A workdir whose run has
+    checkpoints and another dataset or config is refused with the fields
+    that differ."""
     path = workdir / RUN_RECORD
-    record = run_record(cfg, dataset)
     if not path.exists():
-        write_json_atomic(path, record)
-        return False
+        return "new"
     try:
         old = json.loads(path.read_text())
         old_cfg = config_lib.from_dict(old["config"])
     except (json.JSONDecodeError, KeyError, UserError) as e:
         raise UserError(f"{path} is damaged ({e}); use a new --workdir") from e
-    if old.get("fingerprint") != dataset.fingerprint:
-        raise UserError(
-            f"{workdir} holds a run on dataset {old.get('dataset')!r} (fingerprint "
-            f"{old.get('fingerprint')}); this run uses {dataset.name!r} ({dataset.fingerprint}). "
-            "Use a new --workdir for a new dataset"
-        )
     changed = {
         k: (v, config_lib.diff(cfg, old_cfg).get(k))
         for k, v in config_lib.diff(old_cfg, cfg).items()
         if k not in RESUMABLE_CHANGES
     }
-    if changed:
-        detail = "; ".join(f"{k}: {v!r} there, {w!r} now" for k, (v, w) in sorted(changed.items()))
+    same_data = old.get("fingerprint") == dataset.fingerprint
+    if same_data and not changed:
+        return "resume"
+    if not has_checkpoints(workdir):
+        return "restart"
+    if not same_data:
         raise UserError(
-            f"{workdir} holds a run with another config ({detail}). Run the same recipe and "
-            "--set options to resume, or use a new --workdir"
+            f"{workdir} holds a run on dataset {old.get('dataset')!r} (fingerprint "
+            f"{old.get('fingerprint')}); this run uses {dataset.name!r} ({dataset.fingerprint}). "
+            "Use a new --workdir for a new dataset"
         )
-    write_json_atomic(path, record)
-    return True
+    detail = "; ".join(f"{k}: {v!r} there, {w!r} now" for k, (v, w) in sorted(changed.items()))
+    raise UserError(
+        f"{workdir} holds a run with another config ({detail}). Run the same recipe and "
+        "--set options to resume, or use a new --workdir"
+    )
+
+
+def start_run(workdir: Path, cfg: Config, dataset: Any, how: str) -> None:
+    """Write WORKDIR/run.json as training starts (`how` from check_workdir); a
+    restarted run's metrics, from an attempt that never saved, are removed."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if how == "restart":
+        (workdir / METRICS).unlink(missing_ok=True)
+        shutil.rmtree(workdir / TENSORBOARD, ignore_errors=True)
+    write_json_atomic(workdir / RUN_RECORD, run_record(cfg, dataset))
 
 
 # --- checkpoints of a run -------------------------------------------------------------

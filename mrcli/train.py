@@ -323,6 +323,32 @@ def evaluate_during_training(model: model_lib.Model, state: TrainState, ds: Data
     return inference.evaluate_split(predictor, ds, cfg.data.eval_split).summary()
 
 
+def _abstract_batch(cfg: Config, bucket: tuple[int, int], mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of one bucket as shapes and shardings (nothing allocated)."""
+    sharding = parallel.data_sharded(mesh)
+    shapes = pipeline.batch_shapes(cfg, cfg.train.global_batch, bucket)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
+
+
+def compile_steps(step_fn, state: TrainState, cfg: Config, mesh: Mesh, report: Report) -> None:
+    """Compile the train step of every bucket before step 1, and refuse (a
+    UserError) a step whose memory the devices do not have. The compiled
+    programs stay in the jit's cache, so the loop does not compile again."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    lower = (f"train.global_batch ({t.global_batch}), the image size (data.image_size="
+             f"{d.image_size}, data.max_size={d.max_size}) or the RoIs per image "
+             f"(model.roi_heads.batch_per_image={m.roi_heads.batch_per_image}, "
+             f"model.mask_head.fg_slots={m.mask_head.fg_slots})")  # fmt: skip
+    for bucket in d.resolved_buckets():
+        start = time.perf_counter()
+        compiled = step_fn.lower(state, _abstract_batch(cfg, bucket, mesh)).compile()
+        need = parallel.memory_need(compiled, mesh)
+        report.say(f"compiled the train step for {bucket[0]}x{bucket[1]} in "
+                   f"{time.perf_counter() - start:.1f} s; it needs {need.describe()}", "detail")  # fmt: skip
+        parallel.check_memory(need, f"the train step at {bucket[0]}x{bucket[1]}, batch "
+                                    f"{t.global_batch}", lower)  # fmt: skip
+
+
 def _format_eval(step: int, numbers: dict[str, float]) -> str:
     return (f"step {step}: box AP {numbers.get('bbox_AP', float('nan')):.3f}, "
             f"mask AP {numbers.get('segm_AP', float('nan')):.3f}")  # fmt: skip
@@ -338,8 +364,10 @@ def train(
     """Train (or resume) the run in `workdir` to `cfg.train.steps`.
 
     Progress goes to `report` (mrcli.progress): the task "train" advanced with
-    the logged metrics every log_every steps, lines for checkpoints, evals and
-    messages. The input pipeline, metric writers and checkpoint manager are
+    the logged metrics every log_every steps, lines for compiled steps (with
+    their memory), checkpoints, evals and messages. The train step of every
+    bucket is compiled and its memory checked before the run record is
+    written. The input pipeline, metric writers and checkpoint manager are
     closed on every way out. Returns how the run ended."""
     report = silent(report)
     parallel.use_cpu_cores(cfg.train.global_batch)
@@ -347,7 +375,11 @@ def train(
     tc = cfg.train
     ds = find_dataset(cfg.data.dataset, data_dir)
     _check_run(cfg, ds)
-    resuming = runs.check_workdir(workdir, cfg, ds)
+    how = runs.check_workdir(workdir, cfg, ds)
+    resuming = how == "resume"
+    if how == "restart":
+        report.say(f"{workdir} holds a run that saved no checkpoint; starting it again with "
+                   "this config")  # fmt: skip
     n_proc, n_dev = jax.process_count(), jax.device_count()
 
     mesh = parallel.make_mesh()
@@ -358,6 +390,9 @@ def train(
     rep = parallel.replicated(mesh)
     state = jax.device_put(init_state(params, tx, tc.seed, constants), rep)
     step_fn = make_train_step(model_loss(model), tx, mesh, schedule)
+    # Everything that can fail is checked before the run writes anything.
+    compile_steps(step_fn, state, cfg, mesh, report)
+    runs.start_run(workdir, cfg, ds, how)
 
     with contextlib.ExitStack() as closing:
         batches = pipeline.train_batches(cfg, ds)

@@ -127,20 +127,28 @@ def test_sigterm_saves_and_exits_zero(tmp_path, data_dir, cache_dir):
 
 
 def test_workdir_of_another_config_or_dataset_is_refused(tmp_path, data_dir):
+    """A run with checkpoints resumes only with its own dataset and config; one
+    that never saved a checkpoint may start again with another."""
     from types import SimpleNamespace
 
-    from mrcli.runs import check_workdir
+    from mrcli.runs import check_workdir, start_run
 
     cfg = c.resolve("tiny", MICRO)
     cats = [{"id": 1, "contiguous_id": 1, "name": "a"}]
     shapes = SimpleNamespace(name="shapes", fingerprint="f1", categories=cats)
     other = SimpleNamespace(name="other", fingerprint="f2", categories=cats)
-    assert check_workdir(tmp_path, cfg, shapes) is False
-    assert check_workdir(tmp_path, c.override(cfg, {"train.steps": 99}), shapes)
+    assert check_workdir(tmp_path, cfg, shapes) == "new"
+    assert not (tmp_path / "run.json").exists()  # checking writes nothing
+    start_run(tmp_path, cfg, shapes, "new")
+    bigger = c.override(cfg, {"model.backbone.depth": 50})
+    assert check_workdir(tmp_path, bigger, shapes) == "restart"  # no checkpoint yet
+    assert check_workdir(tmp_path, cfg, other) == "restart"
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    assert check_workdir(tmp_path, c.override(cfg, {"train.steps": 99}), shapes) == "resume"
     with pytest.raises(c.UserError, match="dataset 'shapes'.*new --workdir"):
         check_workdir(tmp_path, cfg, other)
     with pytest.raises(c.UserError, match="model.backbone.depth: 14 there, 50 now"):
-        check_workdir(tmp_path, c.override(cfg, {"model.backbone.depth": 50}), shapes)
+        check_workdir(tmp_path, bigger, shapes)
 
 
 def test_cli_refuses_a_mismatched_class_count(tmp_path, data_dir, cache_dir):
@@ -160,8 +168,10 @@ def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, data_dir, monke
 
         def fn(params, constants, batch, rng):
             loss, metrics = loss_fn(params, constants, batch, rng)
-            # The iterator below adds a "poison" factor per batch: NaN at step 3.
-            return loss * batch["poison"][0], metrics
+            # The iterator below adds a "poison" factor per batch: NaN at step 3
+            # (the batches the step is compiled for before step 1 have none).
+            poison = batch["poison"][0] if "poison" in batch else 1.0
+            return loss * poison, metrics
 
         return fn
 

@@ -76,8 +76,12 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
+import os
+import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -420,6 +424,59 @@ class MakeBatch:
         return out
 
 
+# --- worker processes ----------------------------------------------------------------------
+
+# How often a worker checks that its parent is alive (seconds).
+PARENT_CHECK_S = 0.25
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:
+            # The parent is gone (killed, out of memory, timed out): nobody reads
+            # what this worker makes, and it holds the parent's stderr open.
+            os._exit(1)
+
+
+def start_worker(parent_pid: int, worker_index: int, worker_count: int) -> None:
+    """Run in each worker process before it makes batches (grain's worker_init_fn).
+
+    A worker ends when its parent ends, however it ends: a thread watches the
+    parent's pid (portable, and unlike Linux's PR_SET_PDEATHSIG not tied to the
+    parent *thread* that started the worker, which grain may start from a
+    thread pool). Its stdout is /dev/null: workers print nothing a user reads
+    there, and an inherited stdout would keep a caller's capture of mrcli's
+    output open; stderr stays, for their warnings."""
+    del worker_index, worker_count
+    if os.getppid() != parent_pid:  # the parent died while this one started
+        os._exit(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name="mrcli-watch-parent").start()  # fmt: skip
+
+
+def _own_copy(value: Any) -> np.ndarray:
+    """A worker's array as a plain array of this process, its shared memory
+    released now.
+
+    grain hands batches over as SharedMemoryArrays and unlinks them when they
+    are garbage collected; but it keeps the last ones referenced inside its
+    iterator until the interpreter shuts down, when their `__del__` can no
+    longer run (grain 0.2.18), and the resource tracker then reports leaked
+    shared memory. The copy is taken here anyway (callers keep batches), so
+    the shared memory is unlinked here, once."""
+    out = np.array(value)
+    shm = getattr(value, "shm", None)
+    if shm is not None and getattr(value, "_unlink_on_del", False):
+        value._unlink_on_del = False  # this process unlinks it, not grain's __del__
+        shm.close()
+        shm.unlink()
+    return out
+
+
 # --- iterators -----------------------------------------------------------------------------
 
 
@@ -462,7 +519,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
             it_ds = it_ds.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self._workers, per_worker_buffer_size=1)
+                grain.MultiprocessingOptions(num_workers=self._workers, per_worker_buffer_size=1),
+                worker_init_fn=functools.partial(start_worker, os.getpid()),
             )
         self._it = iter(it_ds)
 
@@ -473,9 +531,9 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
             self._start()
         batch = next(self._it)
         if self._workers > 0:
-            # Worker batches arrive as grain SharedMemoryArrays; plain copies
-            # free the shared memory at once (and keep it out of callers' hands).
-            batch = {k: np.array(v) for k, v in batch.items()}
+            # Worker batches arrive as grain SharedMemoryArrays: plain copies,
+            # the shared memory freed at once (and kept out of callers' hands).
+            batch = {k: _own_copy(v) for k, v in batch.items()}
         self.step += 1
         return batch
 
