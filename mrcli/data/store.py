@@ -201,6 +201,11 @@ class Dataset:
                 f"{self.num_classes}"
             )
 
+    def file_names(self, split: str) -> dict[int, str]:
+        """image id -> file name (as prepared: relative to the source's images folder)."""
+        src = self.source(split)
+        return {int(src[k]["image_id"]): _text(src[k]["file_name"]) for k in range(len(src))}
+
     def coco_ground_truth(self, split: str) -> dict[str, Any]:
         """The split as a COCO-format dict (images, annotations with RLE
         segmentations, categories with the dataset's own ids), for
