@@ -86,7 +86,8 @@ def _print_tables(result: Any, console: Any) -> None:
     console.print(classes)
     if result.official is not None:
         metric = result.official
-        table = Table(title=f"{metric.name}, {result.num_images} images")
+        title = f"{metric.name}, {result.num_images} images"
+        table = Table(title=title, min_width=len(title))
         table.add_column("")
         table.add_column("mask", justify="right")
         for name, value in metric.stats.items():

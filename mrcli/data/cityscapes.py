@@ -144,6 +144,20 @@ def read_cityscapes(manual_dir: str | os.PathLike, *, workers: int | None = None
 # --- the official instance-level AP --------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _numpy_in1d():
+    """cityscapesScripts (2.3.0) marks void pixels with np.in1d, which NumPy 2.4
+    removed; lend it np.isin (the same values, flattened) for the evaluation."""
+    if hasattr(np, "in1d"):
+        yield
+        return
+    np.in1d = lambda a, b: np.isin(np.ravel(a), b)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        del np.in1d
+
+
 def official_eval_available() -> bool:
     try:
         import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling  # noqa: F401
@@ -175,7 +189,7 @@ def official_eval(
                         f"from; {len(absent)} are missing, e.g. {absent[0]}")
     with contextlib.ExitStack() as stack:
         tmp = Path(work_dir) if work_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        tmp = tmp.resolve()  # the evaluation runs in it (chdir)
+        tmp = tmp.resolve()
         pred_dir = tmp / "cityscapes_predictions"
         pred_dir.mkdir(parents=True, exist_ok=True)
         per_image: dict[int, list[dict]] = {iid: [] for iid in images}
@@ -203,9 +217,13 @@ def official_eval(
         args.JSONOutput = False
         args.quiet = True
         args.colorized = False
-        # It writes matches.json to the working directory and prints: keep both in tmp.
-        with contextlib.chdir(tmp), contextlib.redirect_stdout(io.StringIO()):
-            averages = cs_eval.evaluateImgLists(pred_lists, gt_list, args)["averages"]
+        # evaluateImgLists' steps without its JSON dump of the matches (into the
+        # working directory, and failing on NumPy 2's integer scalars).
+        with contextlib.redirect_stdout(io.StringIO()), _numpy_in1d():
+            cs_eval.setInstanceLabels(args)
+            gt_instances = cs_eval.getGtInstances(gt_list, args)
+            matches = cs_eval.matchGtWithPreds(pred_lists, gt_list, gt_instances, args)
+            averages = cs_eval.computeAverages(cs_eval.evaluateMatches(matches, args), args)
     name_to_id = {name: cid for cid, name in THING_CLASSES}
     return {
         "AP": float(averages["allAp"]),

@@ -124,21 +124,22 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- Cityscapes ------------------------------------------------------------------------------
 
-CS_SIZE = (32, 64)  # h, w (the real images are 1024 x 2048)
+CS_SIZE = (64, 128)  # h, w (the real images are 1024 x 2048)
 
 
 def cityscapes_ids(variant: int) -> np.ndarray:
     """An instanceIds image: road (7), two persons (24000, 24001), a rider (25000),
-    a car (26000), a car group (26: crowd), a caravan (29000: not evaluated)."""
+    a car (26000), a car group (26: crowd), a caravan (29000: not evaluated).
+    Every instance covers >= 100 pixels, the official evaluation's smallest region."""
     h, w = CS_SIZE
     ids = np.full((h, w), 7, np.int32)
-    ids[:8, :] = 23  # sky
-    ids[10:20, 2:8] = 24000
-    ids[12:22, 9:13] = 24001
-    ids[14:24, 15:20] = 25000
-    ids[16:28, 22 + variant:34 + variant] = 26000
-    ids[16:26, 40:52] = 26  # a group of cars
-    ids[20:30, 54:62] = 29000
+    ids[:16, :] = 23  # sky
+    ids[20:40, 4:16] = 24000
+    ids[24:44, 18:26] = 24001
+    ids[28:48, 30:40] = 25000
+    ids[32:56, 44 + variant:68 + variant] = 26000
+    ids[32:52, 80:104] = 26  # a group of cars
+    ids[40:60, 108:124] = 29000
     return ids
 
 

@@ -432,3 +432,72 @@ def test_coco_json_val_fraction(coco_fixture, tmp_path, capsys):
                            "--images", str(coco_fixture["images"]), "--name", "q", "--val-fraction", "0.25",
                            "--val-annotations", str(coco_fixture["val"]), "--data-dir", str(tmp_path / "d"))
     assert code == 2 and "--val-annotations already gives a val split" in err
+
+
+# --- the Cityscapes AP in `mrcli eval` --------------------------------------------------------
+
+
+def _cityscapes_eval(tmp_path, drop_class=None):
+    """Perfect detections (the val ground truth, crowd left out, `drop_class`
+    removed) scored by coco.score and then with_dataset_metric, as `mrcli eval` does."""
+    from mrcli import coco
+    from mrcli.evaluate import with_dataset_metric
+
+    root = write_cityscapes(tmp_path / "cs")
+    prepare_cityscapes(manual_dir=root, data_dir=tmp_path / "d")
+    ds = find_dataset("cityscapes", tmp_path / "d")
+    gt = ds.coco_ground_truth("val")
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
+                "segmentation": a["segmentation"]} for a in gt["annotations"]
+               if not a["iscrowd"] and a["category_id"] != drop_class]
+    path = tmp_path / "eval" / "detections.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(results))
+    names = {c["id"]: c["name"] for c in ds.categories}
+    result = coco.score(gt, path, [im["id"] for im in gt["images"]], masks=True, category_names=names)
+    return with_dataset_metric(result, ds, "val", tmp_path / "eval")
+
+
+def test_cityscapes_official_ap_beside_coco(tmp_path):
+    pytest.importorskip("cityscapesscripts")
+    perfect = _cityscapes_eval(tmp_path / "a")
+    assert perfect.segm.stats["AP"] == pytest.approx(1.0)
+    metric = perfect.official
+    assert metric.name == "Cityscapes instance-level AP (cityscapesScripts)"
+    assert metric.stats == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0)}
+    assert {k: v for k, v in metric.per_class_ap.items() if not np.isnan(v)} == {24: 1.0, 25: 1.0, 26: 1.0}
+    assert perfect.summary()["cityscapes_AP"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "a" / "eval" / "cityscapes.json").read_text())["AP"] == pytest.approx(1.0)
+    # Without the rider's detection: its AP is 0, the mean over the 3 classes present 2/3.
+    missing = _cityscapes_eval(tmp_path / "b", drop_class=25)
+    assert missing.official.per_class_ap[25] == 0.0
+    assert missing.official.stats["AP"] == pytest.approx(2 / 3)
+
+
+def test_cityscapes_without_cityscapesscripts_says_the_coco_ap_is_printed(tmp_path, monkeypatch):
+    from mrcli.data import cityscapes
+
+    monkeypatch.setattr(cityscapes, "official_eval_available", lambda: False)
+    result = _cityscapes_eval(tmp_path)
+    assert result.official is None
+    (note,) = result.notes
+    assert "printed: the COCO AP" in note and 'pip install "mrcli[cityscapes]"' in note
+
+
+def test_eval_prints_the_cityscapes_table():
+    from rich.console import Console
+
+    from mrcli.cli.evaluate import _print_tables
+    from mrcli.coco import STAT_NAMES, DatasetEval, DatasetMetric, EvalResult
+
+    stats = {k: 0.5 for k in STAT_NAMES}
+    coco_result = EvalResult("segm", stats, {24: 0.5})
+    metric = DatasetMetric("Cityscapes instance-level AP (cityscapesScripts)", "cityscapes",
+                           {"AP": 0.365, "AP50": 0.62}, {24: 0.331})
+    result = DatasetEval(bbox=EvalResult("bbox", stats, {24: 0.5}), segm=coco_result, num_images=500,
+                         results_path=Path("d.json"), category_names={24: "person"}, official=metric)
+    console = Console(record=True, width=100)
+    _print_tables(result, console)
+    text = console.export_text()
+    assert "COCO eval, 500 images" in text and "Cityscapes instance-level AP (cityscapesScripts), 500 images" in text
+    assert "0.365" in text and "person (24)" in text and "0.331" in text
