@@ -107,7 +107,7 @@ def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         have = list_datasets(root)
         listing = ", ".join(have) if have else "none"
         hint = (
-            "prepare it with `mrcli prepare shapes|coco|coco-json`"
+            "prepare it with `mrcli prepare shapes|coco|coco-json|cityscapes|yolo|labelme`"
             if not have
             else "pick one of those, or prepare it with `mrcli prepare ...`"
         )

@@ -53,6 +53,19 @@ def _problem_lines(err: str, kind: str) -> list[str]:
     return [line for line in err.splitlines() if f"[{kind}]" in line]
 
 
+def _refused_with_one_line(capsys, data_dir, args, kind, file, where):
+    """`mrcli prepare ARGS` exits 2 with one line of `kind` naming FILE (WHERE),
+    no traceback, and writes nothing."""
+    code, out, err = run_cli(capsys, "prepare", *args, "--data-dir", str(data_dir))
+    assert code == 2, err
+    (line,) = _problem_lines(err, kind)
+    assert file in line
+    if where:
+        assert f"({where})" in line
+    assert "Traceback" not in err and "nothing written" in err
+    assert leftovers(data_dir) == []
+
+
 # --- YOLO -------------------------------------------------------------------------------------
 
 
@@ -163,15 +176,8 @@ YOLO_CASES = [
 @pytest.mark.parametrize("kind,mutate,file,where", YOLO_CASES, ids=[f"{c[0]}-{c[2]}" for c in YOLO_CASES])
 def test_yolo_problem_is_one_line_with_file_and_line(tmp_path, capsys, kind, mutate, file, where):
     data = _yolo_case(mutate)(tmp_path / "src")
-    code, out, err = run_cli(capsys, "prepare", "yolo", "--data", str(data), "--name", "y",
-                             "--data-dir", str(tmp_path / "d"))
-    assert code == 2, err
-    (line,) = _problem_lines(err, kind)
-    assert file in line
-    if where:
-        assert f"({where})" in line
-    assert "Traceback" not in err and "nothing written" in err
-    assert leftovers(tmp_path / "d") == []
+    _refused_with_one_line(capsys, tmp_path / "d", ["yolo", "--data", str(data), "--name", "y"],
+                           kind, file, where)
 
 
 def test_yolo_errors_in_data_yaml_name_the_fix(tmp_path, capsys):
@@ -301,14 +307,8 @@ def test_labelme_problem_is_one_line_with_file_and_shape(tmp_path, capsys, kind,
     a = json.loads((folder / "a.json").read_text())
     a["shapes"] = shapes
     (folder / "a.json").write_text(json.dumps(a))
-    code, out, err = run_cli(capsys, "prepare", "labelme", "--folder", str(folder), "--name", "lm",
-                             "--data-dir", str(tmp_path / "d"))
-    assert code == 2, err
-    (line,) = _problem_lines(err, kind)
-    assert file in line
-    if where:
-        assert f"({where})" in line
-    assert leftovers(tmp_path / "d") == []
+    _refused_with_one_line(capsys, tmp_path / "d", ["labelme", "--folder", str(folder), "--name", "lm"],
+                           kind, file, where)
 
 
 def test_labelme_unknown_label_with_classes_file(tmp_path, capsys):
