@@ -227,7 +227,7 @@ def prepare_labelme(
     circles, masks; group_id joins the parts of one instance).
 
     The image is imageData when the file embeds it, else imagePath relative to
-    the JSON. Problems are named by file and shapes[i].
+    the JSON. Problems are named by file and shape, e.g. "a.json (shapes\\[2])".
 
     Example: mrcli prepare labelme --folder annotations/ --name parts --val-fraction 0.1
     """
