@@ -190,6 +190,17 @@ def check_categories(model_categories, dataset_categories, dataset_name: str) ->
 
 
 @dataclass(frozen=True)
+class DatasetMetric:
+    """A dataset's own benchmark metric, computed beside COCO's (the Cityscapes
+    instance-level AP of cityscapesScripts)."""
+
+    name: str  # what it is and what computed it, as printed
+    key: str  # prefix of its numbers in DatasetEval.summary(): "cityscapes" -> cityscapes_AP
+    stats: dict[str, float]  # e.g. AP, AP50 (fractions, as COCOeval's)
+    per_class_ap: dict[int, float]  # dataset category id -> AP
+
+
+@dataclass(frozen=True)
 class DatasetEval:
     """COCO evaluation of a model on a split."""
 
@@ -198,12 +209,18 @@ class DatasetEval:
     num_images: int
     results_path: Path  # the COCO results file (dataset category ids)
     category_names: dict[int, str]  # dataset category id -> name
+    image_ids: tuple[int, ...] = ()  # the images evaluated
+    official: DatasetMetric | None = None  # the dataset's own metric, where there is one
+    notes: tuple[str, ...] = ()  # e.g. why the dataset's own metric was not computed
 
     def summary(self) -> dict[str, float]:
-        """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each)."""
+        """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each),
+        and the dataset's own metric's (cityscapes_AP, ...)."""
         out = {f"bbox_{k}": v for k, v in self.bbox.stats.items()}
         if self.segm is not None:
             out.update({f"segm_{k}": v for k, v in self.segm.stats.items()})
+        if self.official is not None:
+            out.update({f"{self.official.key}_{k}": v for k, v in self.official.stats.items()})
         return out
 
 
@@ -233,4 +250,4 @@ def score(
                     "num_images": len(image_ids),
                 })  # fmt: skip
     return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path,
-                       category_names=category_names)  # fmt: skip
+                       category_names=category_names, image_ids=tuple(int(i) for i in image_ids))  # fmt: skip

@@ -7,16 +7,25 @@ The model (a run's checkpoint or a checkpoint directory, mrcli.runs) goes
 through mrcli.inference.evaluate_split, which the periodic evaluation of
 training also runs: the results file (dataset category ids) and the COCOeval
 numbers (mrcli.coco) land in OUT (default WORKDIR/eval, else ./eval).
+
+A dataset with a benchmark metric of its own gets it too, beside COCO's:
+Cityscapes the instance-level AP of cityscapesScripts (`mrcli[cityscapes]`),
+in OUT/cityscapes.json; without cityscapesscripts the result says so and the
+COCO AP is the one printed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Sequence
 
 from mrcli import config as config_lib
-from mrcli.coco import DatasetEval
-from mrcli.data.store import find_dataset
+from mrcli.coco import DatasetEval, DatasetMetric
+from mrcli.data import cityscapes
+from mrcli.data.store import Dataset, find_dataset
+from mrcli.files import write_json_atomic
 from mrcli.errors import UserError
 from mrcli.inference import Predictor, evaluate_split
 from mrcli.progress import Report
@@ -47,5 +56,29 @@ def run_eval(
     if out is None:
         out = str(Path(workdir).expanduser() / "eval") if workdir else "eval"
     predictor = Predictor(trained.model, trained.state, cfg, report=report)
-    return evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
-                          categories=trained.categories, report=report)  # fmt: skip
+    result = evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
+                            categories=trained.categories, report=report)  # fmt: skip
+    return with_dataset_metric(result, ds, split, out)
+
+
+CITYSCAPES_AP = "Cityscapes instance-level AP (cityscapesScripts)"
+
+
+def with_dataset_metric(result: DatasetEval, ds: Dataset, split: str, out: str | Path) -> DatasetEval:
+    """The dataset's own metric beside COCO's, where it has one (Cityscapes),
+    or a note saying why not."""
+    source = ds.record.get("source", {})
+    if source.get("kind") != "cityscapes" or result.segm is None:
+        return result
+    if not cityscapes.official_eval_available():
+        return dataclasses.replace(result, notes=result.notes + (
+            f"printed: the COCO AP; for the {CITYSCAPES_AP}, pip install \"mrcli[cityscapes]\"",))
+    names = ds.file_names(split)
+    with open(result.results_path) as f:
+        detections = json.load(f)
+    numbers = cityscapes.official_eval(detections, {i: names[i] for i in result.image_ids},
+                                       source["manual_dir"])  # fmt: skip
+    write_json_atomic(Path(out) / "cityscapes.json", {**numbers, "num_images": result.num_images})
+    metric = DatasetMetric(CITYSCAPES_AP, "cityscapes", {"AP": numbers["AP"], "AP50": numbers["AP50"]},
+                           numbers["per_class_ap"])  # fmt: skip
+    return dataclasses.replace(result, official=metric)

@@ -98,6 +98,21 @@ def test_recipes_match_the_model_zoo():
     assert c.load_recipe("r50_fpn_1x").config.train.steps == 90_000
 
 
+def test_cityscapes_recipe_is_detectron2s():
+    """configs/Cityscapes/mask_rcnn_R_50_FPN.yaml: 8 classes, MIN_SIZE_TRAIN 800..1024
+    (choice), MIN_SIZE_TEST 1024, MAX_SIZE 2048, 24k iterations at 8 images, LR 0.01,
+    decay at 18k, eval every 8k."""
+    cfg = c.load_recipe("cityscapes_r50_fpn").config
+    assert cfg.data.dataset == "cityscapes" and cfg.model.num_classes == 8
+    assert cfg.data.train_scales == tuple(range(800, 1025, 32))
+    assert (cfg.data.image_size, cfg.data.max_size) == (1024, 2048)
+    assert cfg.data.resolved_buckets() == ((1024, 2048), (2048, 1024))
+    t = cfg.train
+    assert (t.global_batch, t.steps, t.decay_steps, t.eval_every) == (8, 24_000, (18_000,), 8_000)
+    assert t.base_lr * t.global_batch / t.lr_reference_batch == pytest.approx(0.01)
+    assert cfg.model.backbone.depth == 50
+
+
 def test_train_and_test_values_are_one_field_chosen_in_one_place():
     from mrcli.model.rpn import proposal_counts
 

@@ -1,4 +1,5 @@
-"""`mrcli prepare shapes|coco-json|coco` and `mrcli show`: datasets in, checked, looked at."""
+"""`mrcli prepare shapes|coco-json|coco|cityscapes|yolo|labelme` and `mrcli show`:
+datasets in, checked, looked at."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from mrcli.cli.options import Check, DataDir, Json, OnError, OnErrorOpt, Sets
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing dataset of the same name.")
 ]
+ValFraction = Annotated[
+    Optional[float],
+    typer.Option("--val-fraction", help="Hold out this fraction of the images as the val split "
+                 "(by image, stratified by class, the same images every time), e.g. 0.1."),
+]
 
 prepare_app = typer.Typer(
     help="Turn annotated images into a dataset for training (TFDS ArrayRecord shards), "
@@ -21,7 +27,10 @@ prepare_app = typer.Typer(
     "  mrcli prepare shapes\n\n"
     "  mrcli prepare coco --manual-dir ~/datasets/coco\n\n"
     "  mrcli prepare coco-json --annotations train.json --images imgs/ --name parts "
-    "--val-annotations val.json",
+    "--val-annotations val.json\n\n"
+    "  mrcli prepare cityscapes --manual-dir ~/datasets/cityscapes\n\n"
+    "  mrcli prepare yolo --data data.yaml --name parts\n\n"
+    "  mrcli prepare labelme --folder annotations/ --name parts --val-fraction 0.1",
     no_args_is_help=True,
 )
 
@@ -119,6 +128,7 @@ def prepare_coco_json(
         Optional[str],
         typer.Option("--val-images", help="Directory of the val images (default: --images)."),
     ] = None,
+    val_fraction: ValFraction = None,
     data_dir: DataDir = None,
     check: Check = False,
     on_error: OnErrorOpt = OnError.fail,
@@ -130,6 +140,8 @@ def prepare_coco_json(
     Polygons, RLE, uncompressed RLE, iscrowd, images without annotations and
     category ids that are not contiguous are all fine.
 
+    Without --val-annotations, --val-fraction holds out a val split.
+
     Example: mrcli prepare coco-json --annotations train.json --images imgs/ --name parts
     --val-annotations val.json --on-error skip
     """
@@ -137,7 +149,93 @@ def prepare_coco_json(
 
     _run_prepare(prepare.prepare_coco_json, as_json, annotations=annotations, images=images,
                  name=name, val_annotations=val_annotations, val_images=val_images,
+                 val_fraction=val_fraction, data_dir=data_dir, on_error=on_error.value,
+                 check_only=check, overwrite=overwrite)  # fmt: skip
+
+
+@prepare_app.command("cityscapes")
+def prepare_cityscapes(
+    manual_dir: Annotated[
+        str,
+        typer.Option("--manual-dir", help="The folder holding the extracted leftImg8bit/ and "
+                     "gtFine/ (Cityscapes needs a login to download, so mrcli never does)."),
+    ],
+    name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "cityscapes",
+    data_dir: DataDir = None,
+    check: Check = False,
+    on_error: OnErrorOpt = OnError.fail,
+    overwrite: Overwrite = False,
+    as_json: Json = False,
+) -> None:
+    """Cityscapes fine instances: 8 classes, train and val as published.
+
+    Instances from gtFine/*/*/*_instanceIds.png; the groups of a class (ids
+    below 1000) are crowd regions, ignored as the official evaluation does.
+    `mrcli eval` prints the COCO AP, and the Cityscapes AP when
+    cityscapesscripts is installed (pip install "mrcli[cityscapes]").
+
+    Example: mrcli prepare cityscapes --manual-dir ~/datasets/cityscapes
+    """
+    from mrcli.data import prepare
+
+    _run_prepare(prepare.prepare_cityscapes, as_json, manual_dir=manual_dir, name=name,
                  data_dir=data_dir, on_error=on_error.value, check_only=check, overwrite=overwrite)  # fmt: skip
+
+
+@prepare_app.command("yolo")
+def prepare_yolo(
+    data: Annotated[str, typer.Option("--data", help="The dataset's data.yaml (Ultralytics).")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name (lower case, digits, _).")],
+    val_fraction: ValFraction = None,
+    data_dir: DataDir = None,
+    check: Check = False,
+    on_error: OnErrorOpt = OnError.fail,
+    overwrite: Overwrite = False,
+    as_json: Json = False,
+) -> None:
+    """A YOLO segmentation dataset (Ultralytics layout: data.yaml, images/, labels/).
+
+    One .txt per image, a class id and a normalised polygon per line; names as
+    a list or a mapping. Problems are named by label file and line. Without a
+    val split in data.yaml, --val-fraction holds one out.
+
+    Example: mrcli prepare yolo --data data.yaml --name parts --val-fraction 0.1
+    """
+    from mrcli.data import prepare
+
+    _run_prepare(prepare.prepare_yolo, as_json, data=data, name=name, val_fraction=val_fraction,
+                 data_dir=data_dir, on_error=on_error.value, check_only=check, overwrite=overwrite)  # fmt: skip
+
+
+@prepare_app.command("labelme")
+def prepare_labelme(
+    folder: Annotated[str, typer.Option("--folder", help="The folder of labelme .json files.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name (lower case, digits, _).")],
+    classes: Annotated[
+        Optional[str],
+        typer.Option("--classes", help="A file of class names, one a line, in id order "
+                     "(default: the labels seen, sorted)."),
+    ] = None,
+    val_fraction: ValFraction = None,
+    data_dir: DataDir = None,
+    check: Check = False,
+    on_error: OnErrorOpt = OnError.fail,
+    overwrite: Overwrite = False,
+    as_json: Json = False,
+) -> None:
+    """A folder of labelme JSON files (one per image; polygons, rectangles,
+    circles, masks; group_id joins the parts of one instance).
+
+    The image is imageData when the file embeds it, else imagePath relative to
+    the JSON. Problems are named by file and shape, e.g. "a.json (shapes\\[2])".
+
+    Example: mrcli prepare labelme --folder annotations/ --name parts --val-fraction 0.1
+    """
+    from mrcli.data import prepare
+
+    _run_prepare(prepare.prepare_labelme, as_json, folder=folder, name=name, classes=classes,
+                 val_fraction=val_fraction, data_dir=data_dir, on_error=on_error.value,
+                 check_only=check, overwrite=overwrite)  # fmt: skip
 
 
 @prepare_app.command("coco")

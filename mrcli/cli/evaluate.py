@@ -34,6 +34,9 @@ def eval_cmd(
 ) -> None:
     """COCO box and mask AP of a trained model on a dataset split (pycocotools).
 
+    On Cityscapes also the official instance-level AP (cityscapesScripts),
+    when installed: pip install "mrcli[cityscapes]".
+
     Examples:
 
       mrcli eval --workdir runs/tiny
@@ -54,6 +57,8 @@ def eval_cmd(
         _print_tables(result, err)
     else:
         _print_tables(result, out)
+    for note in result.notes:
+        err.print(note, highlight=False, markup=False)
     err.print(f"results: {result.results_path}", highlight=False, markup=False)
 
 
@@ -79,3 +84,15 @@ def _print_tables(result: Any, console: Any) -> None:
         classes.add_row(f"{names.get(cat_id, cat_id)} ({cat_id})",
                         *(f"{r.per_class_ap[cat_id]:.3f}" for r in kinds))  # fmt: skip
     console.print(classes)
+    if result.official is not None:
+        metric = result.official
+        title = f"{metric.name}, {result.num_images} images"
+        table = Table(title=title, min_width=len(title))
+        table.add_column("")
+        table.add_column("mask", justify="right")
+        for name, value in metric.stats.items():
+            table.add_row(name, f"{value:.3f}")
+        table.add_section()
+        for cat_id, value in metric.per_class_ap.items():
+            table.add_row(f"{names.get(cat_id, cat_id)} ({cat_id})", f"{value:.3f}")
+        console.print(table)

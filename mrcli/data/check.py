@@ -16,6 +16,14 @@ a box computed from the mask). Notes are kept as they are and reported.
 
 Boxes may overhang the image by up to `BOX_TOLERANCE` pixels (COCO's own
 annotations do, by float rounding); they are clipped silently.
+
+Other formats (YOLO labels, labelme folders, Cityscapes instanceIds PNGs;
+mrcli.data.yolo, .labelme, .cityscapes) are read into the same COCO-style dict
+and checked here too; their `Origins` say which original file (and line or
+shape) each image and annotation came from, so that a problem names that
+file and line rather than the dict built from it. What only a format can
+get wrong (a YOLO coordinate outside [0, 1], a labelme shape of an unknown
+type) its reader reports with the kinds below.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -76,8 +84,20 @@ KINDS: dict[str, Kind] = {
         Kind("converted_to_rgb", FIXED, "grayscale/palette/CMYK/16-bit/alpha image", "converted to 8-bit RGB"),
         Kind("box_from_mask", FIXED, "annotation without bbox", "box computed from the mask"),
         Kind("polygon_self_intersecting", NOTE, "self-intersecting polygon", "kept as pycocotools rasterises it"),
+        # Found by the readers of other formats (mrcli.data.yolo, .labelme, .cityscapes).
+        Kind("malformed_label_file", FATAL, "annotation file unreadable or not in the format", "file skipped"),
+        Kind("malformed_shape", FATAL, "label line or shape that cannot be read", "annotation skipped"),
+        Kind("coordinates_out_of_range", FATAL, "normalised coordinates outside [0, 1]", "annotation skipped"),
+        Kind("label_without_image", FATAL, "label file without an image", "label file skipped"),
+        Kind("missing_label_file", FATAL, "image without its annotation file", "image skipped"),
+        Kind("shape_not_a_region", NOTE, "line or point shape (not a region)", "left out"),
     ]
 }
+
+
+# The kinds only the readers of other formats report (the COCO checker never does).
+READER_KINDS = frozenset({"malformed_label_file", "malformed_shape", "coordinates_out_of_range",
+                          "label_without_image", "missing_label_file", "shape_not_a_region"})
 
 
 @dataclass(frozen=True)
@@ -87,23 +107,26 @@ class Problem:
     message: str  # what is wrong, with the ids
     image_id: int | None = None
     ann_id: int | None = None
+    # Where in `file` (e.g. "line 3", "shapes[2]") for formats that are not
+    # COCO JSON; then it replaces the ids (mrcli's own) in the one-line form.
+    where: str = ""
 
     @property
     def severity(self) -> str:
         return KINDS[self.kind].severity
 
     def __str__(self) -> str:
-        where = []
-        if self.ann_id is not None:
+        where = [self.where] if self.where else []
+        if self.ann_id is not None and not self.where:
             where.append(f"annotation {self.ann_id}")
-        if self.image_id is not None:
+        if self.image_id is not None and not self.where:
             where.append(f"image {self.image_id}")
         loc = f" ({', '.join(where)})" if where else ""
         return f"{self.file}{loc}: {self.message} [{self.kind}]"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "severity": self.severity, "file": self.file,
+            "kind": self.kind, "severity": self.severity, "file": self.file, "where": self.where,
             "image_id": self.image_id, "ann_id": self.ann_id, "message": self.message,
         }
 
@@ -115,9 +138,9 @@ class CheckReport:
     skipped_images: int = 0
     skipped_annotations: int = 0
 
-    def add(self, kind: str, file: str, message: str, image_id=None, ann_id=None) -> None:
+    def add(self, kind: str, file: str, message: str, image_id=None, ann_id=None, where: str = "") -> None:
         assert kind in KINDS, kind
-        self.problems.append(Problem(kind, file, message, image_id, ann_id))
+        self.problems.append(Problem(kind, str(file), message, image_id, ann_id, where))
 
     def extend(self, other: CheckReport) -> None:
         self.problems.extend(other.problems)
@@ -241,17 +264,18 @@ def _segmentation_to_rle(seg: Any, h: int, w: int) -> tuple[list[tuple[str, str]
         problems = []
         polys = []
         for k, poly in enumerate(seg):
+            part = f"polygon {k}" if len(seg) > 1 else "the polygon"
             if not isinstance(poly, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly
             ):
                 problems.append(("polygon_too_few_points",
-                                 f"polygon {k} is not a list of numbers: {_short(poly)}"))
+                                 f"{part} is not a list of numbers: {_short(poly)}"))
             elif len(poly) % 2 == 1:
                 problems.append(("polygon_too_few_points",
-                                 f"polygon {k} has an odd number of coordinates ({len(poly)})"))
+                                 f"{part} has an odd number of coordinates ({len(poly)})"))
             elif len(poly) < 6:
                 problems.append(("polygon_too_few_points",
-                                 f"polygon {k} has {len(poly) // 2} point(s); a polygon needs at least 3"))
+                                 f"{part} has {len(poly) // 2} point(s); a polygon needs at least 3"))
             else:
                 polys.append(poly)
         if problems:
@@ -291,6 +315,45 @@ def _segmentation_to_rle(seg: Any, h: int, w: int) -> tuple[list[tuple[str, str]
 # --- the split ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Origins:
+    """Where the images and annotations of a COCO-style dict built from another
+    format came from, so that problems name the original files."""
+
+    # image id -> (file, where in it): the image file, or the annotation file
+    # that names it ("a.json", "imagePath 'a.jpg'").
+    images: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    # annotation id -> (file, where in it): ("labels/a.txt", "line 3").
+    annotations: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    # image id -> the image's bytes, for images carried inside an annotation
+    # file (labelme's imageData) rather than at images_dir / file_name.
+    embedded: Mapping[int, Callable[[], bytes]] = field(default_factory=dict)
+    # What gave the images' width/height, for a size that disagrees with the file.
+    size_from: str = "the JSON"
+
+
+@dataclass
+class ConvertedSplit:
+    """One split of another format read into a COCO-style dict (images,
+    annotations; categories in `Converted`) for `check_coco`."""
+
+    data: dict[str, Any]
+    images_dir: Path  # file names in `data` are relative to it
+    origins: Origins
+
+
+@dataclass
+class Converted:
+    """A dataset in another format (YOLO, labelme, Cityscapes) as its reader
+    gives it to `mrcli prepare`: COCO-style splits, the categories, and what
+    the reader itself found wrong (with the images and annotations it left out)."""
+
+    categories: list[dict[str, Any]]  # COCO categories: id, name, supercategory
+    splits: dict[str, ConvertedSplit]
+    report: CheckReport
+    source: dict[str, Any]  # the dataset record's "source"
+
+
 @dataclass
 class CheckedSplit:
     examples: list[Example]  # the images kept (all of them when nothing is fatal)
@@ -325,11 +388,14 @@ def check_coco(
     json_name: str | None = None,
     workers: int | None = None,
     on_image: Callable[[], None] | None = None,
+    origins: Origins | None = None,
 ) -> CheckedSplit:
     """Read and check one COCO-format split.
 
     `categories`: the category map to use (another split's); default: this
     file's. `on_image` is called once per image file inspected (progress).
+    `origins`: for a dict built from another format, where each image and
+    annotation came from (problems name those files) and the embedded images.
     Problems are all collected; the returned examples exclude every item with
     a fatal problem, so they are what `--on-error skip` writes.
     """
@@ -368,9 +434,28 @@ def check_coco(
             continue
         images.append(im)
 
+    embedded = origins.embedded if origins is not None else {}
+
+    def image_problem(kind: str, im: dict, message: str) -> None:
+        if origins is not None and im["id"] in origins.images:
+            file, where = origins.images[im["id"]]
+            report.add(kind, file, message, image_id=im["id"], where=where)
+        else:
+            report.add(kind, str(images_dir / im["file_name"]), message, image_id=im["id"])
+
+    def ann_problem(kind: str, message: str, im: dict, aid: int) -> None:
+        if origins is not None and aid in origins.annotations:
+            file, where = origins.annotations[aid]
+            report.add(kind, file, message, im["id"], aid, where=where)
+        else:
+            report.add(kind, json_name, f"{message} in {images_dir / im['file_name']}", im["id"], aid)
+
     # Image files, in parallel.
     def inspect(im):
-        facts = imagelib.inspect_image(images_dir / im["file_name"])
+        if im["id"] in embedded:
+            facts = imagelib.inspect_image_bytes(embedded[im["id"]]())
+        else:
+            facts = imagelib.inspect_image(images_dir / im["file_name"])
         if on_image is not None:
             on_image()
         return facts
@@ -386,31 +471,30 @@ def check_coco(
     # Images skipped for their file whose JSON gives a size: their annotations
     # are still checked (against that size), so that one run lists everything.
     json_sized: dict[int, tuple[int, int, dict]] = {}
+    size_from = origins.size_from if origins is not None else "the JSON"
     for im, facts in zip(images, facts_list):
-        fname = str(images_dir / im["file_name"])
         iid = im["id"]
         jh, jw = im.get("height"), im.get("width")
         if not facts.ok:
-            report.add(facts.error_kind, fname, facts.error, image_id=iid)
+            image_problem(facts.error_kind, im, facts.error)
             if _is_int(jh) and _is_int(jw) and jh > 0 and jw > 0:
                 json_sized[iid] = (jh, jw, im)
             continue
         if (jh is not None or jw is not None) and (jh, jw) != (facts.height, facts.width):
-            msg = (f"the JSON says {jw}x{jh} (width x height) but the file shows "
+            msg = (f"{size_from} says {jw}x{jh} (width x height) but the file shows "
                    f"{facts.width}x{facts.height}")
             if facts.orientation in (5, 6, 7, 8) and (jh, jw) == (facts.stored_height, facts.stored_width):
-                msg += (" after its EXIF rotation; the JSON has the stored (un-rotated) size, "
+                msg += (f" after its EXIF rotation; {size_from} has the stored (un-rotated) size, "
                         "but the annotations must refer to the displayed image")
-            report.add("image_size_mismatch", fname, msg, image_id=iid)
+            image_problem("image_size_mismatch", im, msg)
             continue
         if facts.orientation not in (0, 1):
-            report.add("exif_rotated", fname,
-                       f"EXIF orientation {facts.orientation}: stored {facts.stored_width}x"
-                       f"{facts.stored_height}, displayed {facts.width}x{facts.height}; rotation applied",
-                       image_id=iid)
+            image_problem("exif_rotated", im,
+                          f"EXIF orientation {facts.orientation}: stored {facts.stored_width}x"
+                          f"{facts.stored_height}, displayed {facts.width}x{facts.height}; rotation applied")
         if facts.mode != "RGB":
-            report.add("converted_to_rgb", fname, f"{facts.format} image in mode {facts.mode}; "
-                       "converted to 8-bit RGB", image_id=iid)
+            image_problem("converted_to_rgb", im, f"{facts.format} image in mode {facts.mode}; "
+                          "converted to 8-bit RGB")
         good[iid] = (im, facts)
     num_bad_images = len(raw_images) - len(good)
 
@@ -450,29 +534,26 @@ def check_coco(
         else:  # the image is skipped and its size unknown (reported above)
             skipped_anns += 1
             continue
-        fname = str(images_dir / im["file_name"])
         fatal = iid not in good
         if ann["category_id"] not in valid_ids:
-            report.add("unknown_category", json_name,
-                       f"category_id {ann['category_id']} is not among the categories "
-                       f"({_short(sorted(valid_ids), 60)}) in {fname}", iid, aid)
+            ann_problem("unknown_category", f"category_id {ann['category_id']} is not among the "
+                        f"categories ({_short(sorted(valid_ids), 60)})", im, aid)
             fatal = True
         problems, counts, intersecting = _segmentation_to_rle(ann.get("segmentation"), h, w)
         for kind, msg in problems:
-            report.add(kind, json_name, f"{msg} in {fname}", iid, aid)
+            ann_problem(kind, msg, im, aid)
             fatal = True
         if "bbox" not in ann and counts is not None:
             box = masklib.tight_box(counts, h, w)
             if box[2] <= box[0] or box[3] <= box[1]:
-                report.add("box_zero_area", json_name, f"no bbox and an empty mask in {fname}", iid, aid)
+                ann_problem("box_zero_area", "no bbox and an empty mask", im, aid)
                 fatal = True
             else:
-                report.add("box_from_mask", json_name, f"no bbox; computed {box.tolist()} from the mask "
-                           f"in {fname}", iid, aid)
+                ann_problem("box_from_mask", f"no bbox; computed {box.tolist()} from the mask", im, aid)
         elif "bbox" in ann:
             kind, msg, box = _check_box(ann.get("bbox"), h, w)
             if kind:
-                report.add(kind, json_name, f"{msg} in {fname}", iid, aid)
+                ann_problem(kind, msg, im, aid)
                 fatal = True
         else:
             box = None
@@ -480,9 +561,8 @@ def check_coco(
             skipped_anns += 1
             continue
         if intersecting:
-            report.add("polygon_self_intersecting", json_name,
-                       f"a polygon crosses itself in {fname}; kept as rasterised by pycocotools",
-                       iid, aid)
+            ann_problem("polygon_self_intersecting",
+                        "a polygon crosses itself; kept as rasterised by pycocotools", im, aid)
         area = ann.get("area")
         if not isinstance(area, (int, float)) or isinstance(area, bool) or not math.isfinite(area):
             area = masklib.area(counts, h, w)
@@ -495,13 +575,14 @@ def check_coco(
     for iid, (im, facts) in good.items():
         anns = per_image[iid]
         path = images_dir / im["file_name"]
+        load = _Loader(embedded[iid], facts) if iid in embedded else _Loader(path, facts)
         examples.append(
             Example(
                 image_id=iid,
                 file_name=im["file_name"],
                 height=facts.height,
                 width=facts.width,
-                load=_Loader(path, facts),
+                load=load,
                 ann_ids=np.array([a[0] for a in anns], np.int64),
                 boxes=np.array([a[1] for a in anns], np.float32).reshape(-1, 4),
                 classes=np.array([a[2] for a in anns], np.int32),
@@ -515,11 +596,13 @@ def check_coco(
 
 
 class _Loader:
-    """Reads an image file and gives the bytes to store (converted if needed)."""
+    """Reads an image file (or an embedded image) and gives the bytes to store
+    (converted if needed)."""
 
-    def __init__(self, path: Path, facts: imagelib.ImageFacts):
-        self.path = path
+    def __init__(self, source: Path | Callable[[], bytes], facts: imagelib.ImageFacts):
+        self.source = source
         self.facts = facts
 
     def __call__(self) -> bytes:
-        return imagelib.to_stored_bytes(self.path.read_bytes(), self.facts)
+        data = self.source.read_bytes() if isinstance(self.source, Path) else self.source()
+        return imagelib.to_stored_bytes(data, self.facts)

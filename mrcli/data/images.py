@@ -101,6 +101,23 @@ def inspect_image_bytes(data: bytes) -> ImageFacts:
     )
 
 
+def displayed_size(source: Path | bytes) -> tuple[int, int] | None:
+    """(height, width) of the displayed image (after its EXIF rotation) from
+    the file's header only, without decoding the pixels; None when PIL cannot
+    open it (the checker then reports why). The formats that give coordinates
+    relative to the image size (YOLO) need it before the checker runs."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            w, h = img.size
+            try:
+                orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+            except Exception:  # as inspect_image_bytes: a broken EXIF block counts as upright
+                orientation = 1
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return (w, h) if orientation in _SWAPS_AXES else (h, w)
+
+
 def _mode_to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. 16/32-bit integer images are scaled down
     (not clipped), alpha is dropped, palettes/CMYK/grayscale are converted."""

@@ -1,5 +1,12 @@
-"""`mrcli prepare`: COCO, any COCO-format dataset, and the built-in shapes,
-checked and written as TFDS ArrayRecord datasets (see `mrcli.data.store`).
+"""`mrcli prepare`: COCO, any COCO-format dataset, Cityscapes, YOLO
+segmentation labels, labelme folders and the built-in shapes, checked and
+written as TFDS ArrayRecord datasets (see `mrcli.data.store`).
+
+Cityscapes, YOLO and labelme are read into COCO-style dicts by their readers
+(mrcli.data.cityscapes, .yolo, .labelme) and checked by the same checker as
+COCO (mrcli.data.check), each problem named by its original file and line or
+shape. `val_fraction` holds out a val split where a format has none
+(mrcli.data.split).
 
 Each `prepare_*` function checks everything first; with fatal problems and
 `on_error="fail"` it raises `DataCheckError` (a UserError: exit 2) and writes
@@ -18,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from mrcli.data import cityscapes as cityscapes_lib
+from mrcli.data import labelme as labelme_lib
 from mrcli.data import shapes as shapes_lib
 from mrcli.data import store
-from mrcli.data.check import FATAL, KINDS, CheckReport, check_coco, load_json
+from mrcli.data import yolo as yolo_lib
+from mrcli.data.check import FATAL, KINDS, CheckReport, Converted, check_coco, load_json
+from mrcli.data.split import hold_out
 from mrcli.errors import UserError
 
 OnError = Literal["fail", "skip"]
@@ -112,6 +123,18 @@ def _finish(
     return result
 
 
+def _with_val_fraction(splits: dict[str, list[store.Example]], val_fraction: float | None,
+                       has_val: str) -> dict[str, list[store.Example]]:
+    """Hold out `val_fraction` of the train images as split "val" (mrcli.data.split);
+    refused when the data has a val split already (`has_val` says where it comes from)."""
+    if val_fraction is None:
+        return splits
+    if "val" in splits:
+        raise UserError(f"--val-fraction: {has_val} already gives a val split; drop one of the two")
+    train, val = hold_out(splits["train"], val_fraction)
+    return {"train": train, "val": val, **{k: v for k, v in splits.items() if k != "train"}}
+
+
 def _check_target(name: str, data_dir, overwrite: bool, check_only: bool) -> None:
     store.check_name(name)
     target = store.resolve_data_dir(data_dir) / name
@@ -160,6 +183,7 @@ def prepare_coco_json(
     name: str,
     val_annotations: str | os.PathLike | None = None,
     val_images: str | os.PathLike | None = None,
+    val_fraction: float | None = None,
     data_dir: str | os.PathLike | None = None,
     on_error: OnError = "fail",
     check_only: bool = False,
@@ -168,7 +192,8 @@ def prepare_coco_json(
     source: dict[str, Any] | None = None,
 ) -> PrepareResult:
     """A COCO-format dataset: `annotations` + `images` become split "train",
-    `val_annotations` + `val_images` (default: `images`) split "val"."""
+    `val_annotations` + `val_images` (default: `images`) split "val", or
+    `val_fraction` of the train images (by image, stratified by class)."""
     _check_target(name, data_dir, overwrite, check_only)
     parts = [("train", Path(annotations), Path(images))]
     if val_annotations is not None:
@@ -187,13 +212,114 @@ def prepare_coco_json(
                 raise UserError(f"{ann_path}: no valid categories; a COCO file lists them under 'categories'")
         report.extend(checked.report)
         splits[split] = checked.examples
+    splits = _with_val_fraction(splits, val_fraction, "--val-annotations")
     src = source or {
         "kind": "coco-json",
         **{f"{s}_annotations": str(a.resolve()) for s, a, _ in parts},
         **{f"{s}_images": str(i.resolve()) for s, _, i in parts},
+        **({"val_fraction": val_fraction} if val_fraction is not None else {}),
     }
     return _finish(name, data_dir, categories, splits, report, src, on_error=on_error,
                    check_only=check_only, overwrite=overwrite, progress=progress)
+
+
+# --- formats read into COCO-style dicts: Cityscapes, YOLO, labelme ---------------------------
+
+
+def _prepare_converted(
+    converted: Converted,
+    *,
+    name: str,
+    data_dir: str | os.PathLike | None,
+    val_fraction: float | None,
+    has_val: str,
+    on_error: OnError,
+    check_only: bool,
+    overwrite: bool,
+    progress: Progress,
+) -> PrepareResult:
+    """Check every split of a converted dataset with the COCO checker, hold
+    out a val split if asked, write."""
+    report = CheckReport()
+    report.extend(converted.report)
+    splits: dict[str, list[store.Example]] = {}
+    categories = None
+    for split, part in converted.splits.items():
+        advance = progress(f"checking {split} images", len(part.data["images"]))
+        checked = check_coco({**part.data, "categories": converted.categories}, part.images_dir,
+                             categories=categories, json_name=str(part.images_dir), on_image=advance,
+                             origins=part.origins)  # fmt: skip
+        categories = checked.categories
+        report.extend(checked.report)
+        splits[split] = checked.examples
+    if not categories:
+        where = converted.source.get("folder") or converted.source.get("data") or "the data"
+        raise UserError(f"{where}: no classes: no shape has a label; label the images first")
+    splits = _with_val_fraction(splits, val_fraction, has_val)
+    source = {**converted.source, **({"val_fraction": val_fraction} if val_fraction is not None else {})}
+    return _finish(name, data_dir, categories, splits, report, source, on_error=on_error,
+                   check_only=check_only, overwrite=overwrite, progress=progress)
+
+
+def prepare_yolo(
+    *,
+    data: str | os.PathLike,
+    name: str,
+    val_fraction: float | None = None,
+    data_dir: str | os.PathLike | None = None,
+    on_error: OnError = "fail",
+    check_only: bool = False,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> PrepareResult:
+    """A YOLO segmentation dataset (Ultralytics data.yaml; mrcli.data.yolo):
+    its train, val and test splits, or `val_fraction` of train as val."""
+    _check_target(name, data_dir, overwrite, check_only)
+    converted = yolo_lib.read_yolo(data)
+    return _prepare_converted(converted, name=name, data_dir=data_dir, val_fraction=val_fraction,
+                              has_val=f"{data} (val:)", on_error=on_error, check_only=check_only,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def prepare_labelme(
+    *,
+    folder: str | os.PathLike,
+    name: str,
+    classes: str | os.PathLike | None = None,
+    val_fraction: float | None = None,
+    data_dir: str | os.PathLike | None = None,
+    on_error: OnError = "fail",
+    check_only: bool = False,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> PrepareResult:
+    """A folder of labelme JSON files (mrcli.data.labelme) as split "train",
+    and `val_fraction` of it as "val"; classes from `classes` (one name a line)
+    or the labels seen, sorted."""
+    _check_target(name, data_dir, overwrite, check_only)
+    converted = labelme_lib.read_labelme(folder, classes)
+    return _prepare_converted(converted, name=name, data_dir=data_dir, val_fraction=val_fraction,
+                              has_val="", on_error=on_error, check_only=check_only,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def prepare_cityscapes(
+    *,
+    manual_dir: str | os.PathLike,
+    name: str = "cityscapes",
+    data_dir: str | os.PathLike | None = None,
+    on_error: OnError = "fail",
+    check_only: bool = False,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> PrepareResult:
+    """Cityscapes fine instances, train and val as published (mrcli.data.cityscapes),
+    from an extracted leftImg8bit/ + gtFine/ tree (never downloaded: it needs a login)."""
+    _check_target(name, data_dir, overwrite, check_only)
+    converted = cityscapes_lib.read_cityscapes(manual_dir)
+    return _prepare_converted(converted, name=name, data_dir=data_dir, val_fraction=None,
+                              has_val="", on_error=on_error, check_only=check_only,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
 
 
 # --- COCO -----------------------------------------------------------------------------------

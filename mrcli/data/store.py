@@ -107,7 +107,7 @@ def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         have = list_datasets(root)
         listing = ", ".join(have) if have else "none"
         hint = (
-            "prepare it with `mrcli prepare shapes|coco|coco-json`"
+            "prepare it with `mrcli prepare shapes|coco|coco-json|cityscapes|yolo|labelme`"
             if not have
             else "pick one of those, or prepare it with `mrcli prepare ...`"
         )
@@ -200,6 +200,11 @@ class Dataset:
                 f"{', ...' if self.num_classes > 5 else ''}); use --set model.num_classes="
                 f"{self.num_classes}"
             )
+
+    def file_names(self, split: str) -> dict[int, str]:
+        """image id -> file name (as prepared: relative to the source's images folder)."""
+        src = self.source(split)
+        return {int(src[k]["image_id"]): _text(src[k]["file_name"]) for k in range(len(src))}
 
     def coco_ground_truth(self, split: str) -> dict[str, Any]:
         """The split as a COCO-format dict (images, annotations with RLE

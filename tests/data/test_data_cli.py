@@ -95,3 +95,16 @@ def test_show_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and re.search(r"no split 'test'.*train, val", err)
     code, _, err = run_cli(capsys, "prepare", "shapes", "--data-dir", d)
     assert code == 2 and "already exists; pass --overwrite" in err
+
+
+def test_readme_datasets_section_lists_every_prepare_command():
+    """The "Datasets" section (right after "Data") names each format's command."""
+    from mrcli.cli.data import prepare_app
+
+    text = README.read_text()
+    assert text.index("\n## Data\n") < text.index("\n## Datasets\n")
+    section = text.split("\n## Datasets\n", 1)[1].split("\n## ", 1)[0]
+    for command in prepare_app.registered_commands:
+        if command.name != "shapes":  # the built-in data, in "Data"
+            assert f"`mrcli prepare {command.name} " in section, command.name
+    assert "--val-fraction" in section

@@ -1,0 +1,43 @@
+"""Mask R-CNN R50-FPN on Cityscapes fine instances (8 classes), Detectron2's recipe.
+
+    mrcli prepare cityscapes --manual-dir ~/datasets/cityscapes
+    mrcli train --recipe cityscapes_r50_fpn --data cityscapes --workdir runs/cs
+    mrcli eval --workdir runs/cs        # COCO AP; + the Cityscapes AP with mrcli[cityscapes]
+
+Expected: mask AP 36.5 on Cityscapes val (the official instance-level AP;
+Detectron2 MODEL_ZOO.md, "R50-FPN, Cityscapes", initialised from its COCO
+mask_rcnn_R_50_FPN_3x model). Not yet reproduced by mrcli. Detectron2's
+configs/Cityscapes/mask_rcnn_R_50_FPN.yaml (the setting of the Mask R-CNN
+paper's Appendix A): short side drawn from 800..1024 in steps of 32 in
+training, 1024 at test, long side <= 2048; 24k steps at batch 8, LR 0.01,
+divided by 10 at 18k; eval every 8k steps.
+
+Detectron2 starts from COCO-pretrained weights (the paper: 36.4 with COCO
+pre-training, 31.5 from ImageNet only); this recipe will name mrcli's COCO
+weights once the weights catalogue exists. Until then start from an imported
+COCO model: `mrcli weights import torchvision maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth
+--out coco_r50/` and add `--init-from coco_r50/` (its 91-class layers are
+skipped, the rest loaded).
+"""
+
+from mrcli.config import Config, override
+
+
+def config(base: Config) -> Config:
+    return override(
+        base,
+        {
+            "data.dataset": "cityscapes",
+            # The 2048 x 1024 images at their full size in test (MIN_SIZE_TEST, MAX_SIZE_*).
+            "data.image_size": 1024,
+            "data.max_size": 2048,
+            # MIN_SIZE_TRAIN, sampling "choice".
+            "data.train_scales": (800, 832, 864, 896, 928, 960, 992, 1024),
+            "model.num_classes": 8,
+            "train.global_batch": 8,
+            "train.base_lr": 0.02,  # 0.01 at batch 8 (linear scaling from the reference 16)
+            "train.steps": 24_000,
+            "train.decay_steps": (18_000,),
+            "train.eval_every": 8_000,
+        },
+    )
