@@ -69,6 +69,12 @@ class DataConfig:
     # to its gt box and resampled to this square (TPU Mask R-CNN gt_mask_size:
     # 112); the model crops its 28x28 RoI targets from these.
     mask_crop_size: int = 112
+    # Repeat-factor sampling for rare classes (Gupta et al. 2019, LVIS, §4.2;
+    # Detectron2's RepeatFactorTrainingSampler): an image is repeated in an
+    # epoch max(1, sqrt(t / f)) times, f the fraction of training images holding
+    # its rarest class (stochastic rounding per epoch); t = 0 turns it off, LVIS
+    # uses 0.001.
+    repeat_factor_threshold: float = 0.0
 
     def resolved_buckets(self) -> tuple[tuple[int, int], ...]:
         """The buckets, derived from the image sizes where not given."""
@@ -101,6 +107,12 @@ class InputConfig:
     pixel_order: Literal["rgb", "bgr"] = "rgb"
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # How images are resized: "pil" resizes the uint8 image with PIL's bilinear
+    # filter (antialiased) to the rounded size, as Detectron2's
+    # ResizeShortestEdge; "torchvision" normalises first, then interpolates
+    # bilinearly without antialiasing to the truncated size, as torchvision's
+    # GeneralizedRCNNTransform, so a torchvision model sees its own input.
+    resize: Literal["pil", "torchvision"] = "pil"
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,19 @@ class TrainConfig:
     # Write a metrics line every this many steps.
     log_every: int = 20
     seed: int = 0
+    # Initial weights: a catalogue name (`mrcli weights list`), a .pth/.pkl
+    # file, a `mrcli weights import` directory or another run's workdir; ""
+    # starts from random weights. `mrcli train --init-from` sets it.
+    init_from: str = ""
+    # "fixed": the fields above; "by_dataset_size": steps, LR warm-up, decays,
+    # eval and checkpoint periods chosen from the training split's size
+    # (mrcli.train.schedule_for_dataset; the finetune recipe).
+    schedule: Literal["fixed", "by_dataset_size"] = "fixed"
+    # Stop after this many periodic evals without a better train.best_metric
+    # (the best checkpoint is kept); 0 never stops early.
+    patience: int = 0
+    # What "best" means for the kept checkpoint and for patience.
+    best_metric: Literal["segm_AP", "bbox_AP"] = "segm_AP"
 
 
 @dataclass(frozen=True)
@@ -369,6 +394,26 @@ def _parse_text(text: str, tp: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             value = [value]  # a single element is a one-element list
     return value
+
+
+# --- profiles -----------------------------------------------------------------------
+
+# Detectron2's numerics (configs/Base-RCNN-FPN.yaml and config/defaults.py): the
+# MSRA ResNet (stride in the first 1x1, BGR input with the mean subtracted only),
+# exact anchors, RoIAlignV2 (aligned), L1 box losses (smooth-L1 beta 0), 1000
+# proposals per image in training. Detectron2 checkpoints (mrcli.weights) and
+# recipes that start from MSRA ImageNet weights use them.
+DETECTRON2_NUMERICS: dict[str, Any] = {
+    "model.input.pixel_order": "bgr",
+    "model.input.pixel_mean": (103.53, 116.28, 123.675),
+    "model.input.pixel_std": (1.0, 1.0, 1.0),
+    "model.backbone.stride_in_1x1": True,
+    "model.anchors.torchvision_grid": False,
+    "model.roi_align.aligned": True,
+    "model.rpn.smooth_l1_beta": 0.0,
+    "model.box_head.smooth_l1_beta": 0.0,
+    "model.rpn.post_nms_topk.train": 1000,
+}
 
 
 # --- keys: dotted paths through the nested dataclasses -------------------------------

@@ -42,12 +42,14 @@ def run_eval(
     max_images: int | None = None,
     sets: Sequence[str] = (),
     data_dir: str | None = None,
+    weights: str | None = None,
     report: Report | None = None,
 ) -> DatasetEval:
-    """A trained model on a prepared dataset's split, results written under `out`.
-    `sets` change the data and eval fields of the model's config (image sizes,
-    eval.batch_size, ...)."""
-    trained = load_trained(workdir, checkpoint)
+    """A trained model (a run's checkpoint, a checkpoint directory, or `weights`
+    by name or file) on a prepared dataset's split, results written under
+    `out`. `sets` change the data and eval fields of the model's config (image
+    sizes, eval.batch_size, ...)."""
+    trained = load_trained(workdir, checkpoint, weights, report=report)
     cfg = config_lib.override(trained.config, config_lib.parse_sets(list(sets)))
     ds = find_dataset(data or cfg.data.dataset, data_dir)
     split = ds.check_split(split or cfg.data.eval_split)

@@ -140,7 +140,7 @@ def input_spec(cfg: Any, bucket: tuple[int, int], capacity: tuple[int, int]) -> 
         max_size=int(cfg.data.max_size), bgr=pixels.pixel_order == "bgr",
         mean=tuple(float(v) for v in pixels.pixel_mean),
         std=tuple(float(v) for v in pixels.pixel_std),
-        vertical_first_rule=_pillow_vertical_first(),
+        vertical_first_rule=_pillow_vertical_first(), resize=pixels.resize,
     )  # fmt: skip
 
 
@@ -299,7 +299,9 @@ def export_model(
         "bucket": list(bucket),
         "resize": {
             "short_side": int(cfg.data.image_size), "max_size": int(cfg.data.max_size),
-            "method": "PIL bilinear (antialiased), computed inside the function",
+            "method": ("PIL bilinear (antialiased), computed inside the function" if spec.resize == "pil"
+                       else "torchvision's: the normalised image interpolated bilinearly without "
+                       "antialiasing to the truncated size, computed inside the function"),
             "pillow_pass_order": "13+" if spec.vertical_first_rule else "<=12",
         },
         "pixel_profile": {"order": cfg.model.input.pixel_order, "mean": list(spec.mean),
@@ -588,6 +590,7 @@ def run(
     verify_only: bool = False,
     max_verify_images: int = 8,
     data_dir: str | None = None,
+    weights: str | None = None,
     report: Report | None = None,
 ) -> RunResult:
     """`mrcli export`: load the model, export it (unless `verify_only`), and verify
@@ -602,7 +605,7 @@ def run(
     if verify_only and not Path(out, RECORD).expanduser().is_file():
         raise UserError(f"--verify-only: {out} holds no exported model ({RECORD} missing); "
                         "export first (drop --verify-only)")  # fmt: skip
-    trained = load_trained(workdir, checkpoint)
+    trained = load_trained(workdir, checkpoint, weights, report=report)
     result = None
     if not verify_only:
         result = export_model(trained, out, format=format, batch_size=batch_size, image_size=bucket,

@@ -323,12 +323,14 @@ def run(
     formats: str | Sequence[str] | None = None,
     batch_size: int = 8,
     overwrite: bool = False,
+    weights: str | None = None,
     report: Report | None = None,
     trained: TrainedModel | None = None,
 ) -> PredictResult:
     """`mrcli predict`: every image of `input` through a trained model (a
-    run's checkpoint, or a checkpoint directory) into `out` (module docstring).
-    `trained` (a mrcli.runs.TrainedModel) replaces workdir/checkpoint."""
+    run's checkpoint, a checkpoint directory, or `weights` by name or file)
+    into `out` (module docstring). `trained` (a mrcli.runs.TrainedModel)
+    replaces workdir/checkpoint/weights."""
     report = silent(report)
     if not 0.0 <= score < 1.0:
         raise UserError(f"--score {score}: must be in [0, 1) (detections scoring above it are kept)")
@@ -341,7 +343,7 @@ def run(
         raise UserError(f"--out {out}: exists and is not a folder; choose another --out")
     images = find_images(input, exclude=out)
     if trained is None:
-        trained = load_trained(workdir, checkpoint)
+        trained = load_trained(workdir, checkpoint, weights, report=report)
     if trained.categories is None:
         raise UserError(f"{trained.origin} carries no category map, so its classes have no names; "
                         "predict with a trained or fully imported model")  # fmt: skip

@@ -34,9 +34,11 @@ from orbax.checkpoint import checkpoint_managers as cm
 from mrcli import checkpoints
 from mrcli import config as config_lib
 from mrcli import model as model_lib
+from mrcli import weights as weights_lib
 from mrcli.config import Config
 from mrcli.errors import UserError
 from mrcli.files import write_json_atomic
+from mrcli.progress import Report
 
 RUN_RECORD = "run.json"
 CHECKPOINTS = "checkpoints"
@@ -55,6 +57,10 @@ RESUMABLE_CHANGES = frozenset(
         "data.num_workers",
         "eval.batch_size",
         "eval.max_images",
+        # Where the weights came from matters only before the first checkpoint.
+        "train.init_from",
+        "train.patience",
+        "train.best_metric",
     }
 )
 
@@ -208,9 +214,9 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, *, model_state: A
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, step: int, *, model_template: Any,
-                       opt_template: dict[str, Any], sharding: Any) -> tuple[Any, Any, Any]:  # fmt: skip
-    """(model as a pure dict, opt tree, data iterator state) of checkpoint `step`,
-    placed with `sharding`; the templates give shapes and dtypes."""
+                       opt_template: dict[str, Any], sharding: Any) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """(model as a pure dict, opt tree, data iterator state, JSON record) of
+    checkpoint `step`, placed with `sharding`; the templates give shapes and dtypes."""
 
     def as_abstract(tree):
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -221,9 +227,10 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, *, model_templ
             model=ocp.args.StandardRestore(as_abstract(pure_tree(model_template))),
             opt=ocp.args.StandardRestore(as_abstract(opt_template)),
             data=ocp.args.JsonRestore(),
+            record=ocp.args.JsonRestore(),
         ),
     )
-    return restored["model"], restored["opt"], restored["data"]
+    return restored["model"], restored["opt"], restored["data"], restored["record"]
 
 
 def _record_args() -> ocp.args.Composite:
@@ -269,9 +276,16 @@ class TrainedModel:
     step: int | None = None
 
 
-def load_trained(workdir: str | os.PathLike[str] | None = None, checkpoint: str | None = None) -> TrainedModel:
+def load_trained(workdir: str | os.PathLike[str] | None = None, checkpoint: str | None = None,
+                 weights: str | None = None, report: Report | None = None) -> TrainedModel:  # fmt: skip
     """The model of `workdir` at `checkpoint` (best | last | STEP; default best),
-    or of a checkpoint directory (`mrcli weights import`) given as `checkpoint`."""
+    of a checkpoint directory (`mrcli weights import`) given as `checkpoint`, or
+    of `weights`: a catalogue name (downloaded and imported once), a .pth/.pkl
+    file or a checkpoint directory (mrcli.weights.resolve)."""
+    if weights:
+        if workdir or checkpoint:
+            raise UserError("name one model: --weights, or --workdir/--checkpoint, not both")
+        checkpoint = str(weights_lib.resolve(weights, report=report))
     if checkpoint and Path(checkpoint).expanduser().is_dir():
         ckpt = checkpoints.load(checkpoint)
         if ckpt.partial:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import threading
@@ -36,7 +37,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 
-from mrcli import checkpoints, inference, parallel, runs
+from mrcli import checkpoints, inference, parallel, runs, weights
+from mrcli import config as config_lib
 from mrcli import model as model_lib
 from mrcli.config import Config, TrainConfig
 from mrcli.data import pipeline
@@ -242,10 +244,13 @@ class _StopSignals:
 
 
 def init_model(cfg: Config, init_from: str | None, report: Report) -> tuple[model_lib.Model, Any]:
-    """(Model, full model state): fresh, with `--init-from` weights merged in.
+    """(Model, full model state): fresh, with `init_from`'s weights merged in.
 
-    `init_from` is another run's workdir (its best checkpoint) or a checkpoint
-    directory (`mrcli weights import`: a backbone or a full model). Arrays
+    `init_from` (train.init_from, `--init-from`) is another run's workdir (its
+    best checkpoint), a catalogue name (`mrcli weights list`: downloaded and
+    imported once), a .pth/.pkl file, or a checkpoint directory (`mrcli weights
+    import`: a backbone or a full model). Weights made for another stride
+    convention, norm or pixel profile are refused (check_profile). Arrays
     whose shapes differ from the model's (a COCO head on a dataset with another
     number of classes) are skipped and listed, as Detectron2's checkpointer
     does when fine-tuning."""
@@ -254,10 +259,13 @@ def init_model(cfg: Config, init_from: str | None, report: Report) -> tuple[mode
         return model, state
     if runs.is_run(init_from):
         trained = runs.load_trained(init_from, "best")
-        flat, origin = checkpoints.flatten(trained.state.to_pure_dict()), trained.origin
+        source_cfg, origin = trained.config, trained.origin
+        flat = checkpoints.flatten(trained.state.to_pure_dict())
     else:
-        ckpt = checkpoints.load(init_from)
-        flat, origin = checkpoints.flatten(ckpt.state), str(ckpt.path)
+        ckpt = checkpoints.load(weights.resolve(init_from, report=report))
+        source_cfg, origin = ckpt.config, str(ckpt.path)
+        flat = checkpoints.flatten(ckpt.state)
+    check_profile(cfg, source_cfg, init_from)
     shapes = {tuple(str(k) for k in p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
     skipped = [k for k, v in flat.items() if k in shapes and tuple(np.shape(v)) != shapes[k]]
     for k in skipped:
@@ -270,6 +278,83 @@ def init_model(cfg: Config, init_from: str | None, report: Report) -> tuple[mode
     )
     report.say(f"--init-from: {len(flat)} arrays from {origin}")
     return model, state
+
+
+def check_profile(cfg: Config, source: Config, init_from: str) -> None:
+    """A UserError where weights were made for another backbone (depth, width,
+    stride convention, norm) or pixel profile than the model's: arrays of the
+    same shapes would load into a model that computes something else, and
+    missing or reshaped ones would stay random."""
+    want = config_lib.flatten(config_lib.to_dict(cfg))
+    have = config_lib.flatten(config_lib.to_dict(source))
+    keys = [k for k in want if k in weights.BACKBONE_PROFILE or k.startswith("model.input.pixel_")]
+    differ = [k for k in keys if want[k] != have[k]]
+    if differ:
+        sets = " ".join(f"--set {k}={_cli_value(have[k])}" for k in differ)
+        raise UserError(
+            f"--init-from {init_from}: its weights were made for "
+            + ", ".join(f"{k}={have[k]}" for k in differ)
+            + f", the model has {', '.join(f'{want[k]}' for k in differ)}; run with {sets} "
+            "(or a recipe made for these weights)"
+        )
+
+
+def _cli_value(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value).lower() if isinstance(
+        value, bool) else str(value)
+
+
+def check_weights(cfg: Config, resuming: bool) -> None:
+    """A UserError for a run that would train frozen random weights: frozen
+    stages (model.backbone.freeze_at > 0) and frozen BatchNorm keep their
+    initial values, so from random weights they never learn."""
+    b = cfg.model.backbone
+    if resuming or cfg.train.init_from or (b.freeze_at == 0 and b.norm != "frozen_bn"):
+        return
+    frozen = []
+    if b.freeze_at > 0:
+        frozen.append(f"model.backbone.freeze_at={b.freeze_at} keeps the first {b.freeze_at} "
+                      "stage(s) as initialised")  # fmt: skip
+    if b.norm == "frozen_bn":
+        frozen.append("frozen BatchNorm (model.backbone.norm=frozen_bn) never updates its constants")
+    raise UserError(
+        "this model would train from random weights that stay frozen: " + "; ".join(frozen)
+        + ". Start from pretrained weights (--init-from NAME, `mrcli weights list`; the paper "
+        "recipes name theirs), or train from scratch with --set model.backbone.norm=group_norm "
+        "--set model.backbone.freeze_at=0"
+    )
+
+
+def schedule_for_dataset(num_images: int, cfg: Config) -> dict[str, Any]:
+    """train.* fields for `num_images` training images (train.schedule =
+    "by_dataset_size"), at the config's global batch:
+
+    - epochs: 100 at 100 images or fewer (Ultralytics' default for custom
+      data), 12 at 100k images (Detectron2's 1x COCO schedule, ~12 epochs),
+      log-linear between: E = 100 * (N / 100) ** -0.307, clipped to [12, 100];
+    - steps = E * N / batch, at least 100;
+    - warm-up: 10% of the steps, at most 1000 (Detectron2's 1000);
+    - LR decays by 10x at 2/3 and 8/9 of the steps (Detectron2's 60k and 80k
+      of 90k);
+    - an eval and a checkpoint every tenth of the steps, for early stopping
+      (train.patience)."""
+    n, b = max(1, int(num_images)), cfg.train.global_batch
+    exponent = -math.log(100 / 12) / math.log(1000)
+    epochs = min(100.0, max(12.0, 100.0 * (n / 100) ** exponent))
+    steps = max(100, round(epochs * n / b))
+    return {"train.steps": steps, **schedule_periods(steps)}
+
+
+def schedule_periods(steps: int) -> dict[str, Any]:
+    """Warm-up, decays, eval and checkpoint periods of a `steps` schedule
+    (schedule_for_dataset)."""
+    every = max(1, math.ceil(steps / 10))
+    return {
+        "train.warmup_steps": min(1000, steps // 10),
+        "train.decay_steps": (round(steps * 2 / 3), round(steps * 8 / 9)),
+        "train.eval_every": every,
+        "train.checkpoint_every": every,
+    }
 
 
 def _check_run(cfg: Config, ds: Dataset) -> None:
@@ -288,20 +373,53 @@ def _check_run(cfg: Config, ds: Dataset) -> None:
         )
 
 
+class _EarlyStop:
+    """train.patience: evals without a better train.best_metric before stopping."""
+
+    def __init__(self, patience: int, metric: str):
+        self.patience, self.metric = patience, metric
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.since_best = 0
+
+    def update(self, step: int, numbers: dict[str, float]) -> float | None:
+        """Count one eval; its score (the metric, box AP for a box-only model)."""
+        score = numbers.get(self.metric, numbers.get("bbox_AP"))
+        if score is None:
+            return None
+        if self.best is None or score > self.best:
+            self.best, self.best_step, self.since_best = score, step, 0
+        else:
+            self.since_best += 1
+        return score
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def explain(self) -> str:
+        at = f" at step {self.best_step}" if self.best_step is not None else ""
+        return (f"stopped early: no better {self.metric} in {self.since_best} evals (train.patience="
+                f"{self.patience}); the best, {self.best:.3f}{at}, is the kept best checkpoint")  # fmt: skip
+
+
 def _save(manager, step: int, state: TrainState, batches, cfg: Config, ds: Dataset,
-          score: float | None) -> None:  # fmt: skip
+          score: float | None, stopping: _EarlyStop) -> None:  # fmt: skip
+    record = {**runs.run_record(cfg, ds), "best_score": stopping.best,
+              "evals_since_best": stopping.since_best}  # fmt: skip
     runs.save_checkpoint(
         manager, step,
         model_state=model_lib.merge_params(state.params, state.constants),
         opt={"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
-        data_state=batches.get_state(), record=runs.run_record(cfg, ds), score=score,
+        data_state=batches.get_state(), record=record, score=score,
     )  # fmt: skip
 
 
-def _restore(manager, step: int, state: TrainState, batches, sharding) -> TrainState:
-    """`state` and `batches` as saved at `step` (the iterator is set in place)."""
+def _restore(manager, step: int, state: TrainState, batches, sharding) -> tuple[TrainState, dict]:
+    """`state` and `batches` as saved at `step` (the iterator is set in place),
+    and the checkpoint's JSON record."""
     full = model_lib.merge_params(state.params, state.constants)
-    model, opt, data_state = runs.restore_checkpoint(
+    model, opt, data_state, record = runs.restore_checkpoint(
         manager, step, model_template=full, sharding=sharding,
         opt_template={"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
     )  # fmt: skip
@@ -312,7 +430,7 @@ def _restore(manager, step: int, state: TrainState, batches, sharding) -> TrainS
         opt_state=opt["opt_state"], rng=opt["rng"],
     )  # fmt: skip
     batches.set_state(data_state)
-    return state
+    return state, record
 
 
 def evaluate_during_training(model: model_lib.Model, state: TrainState, ds: Dataset, cfg: Config,
@@ -354,14 +472,44 @@ def _format_eval(step: int, numbers: dict[str, float]) -> str:
             f"mask AP {numbers.get('segm_AP', float('nan')):.3f}")  # fmt: skip
 
 
+def for_dataset(cfg: Config, ds: Dataset, explicit: frozenset[str] = frozenset(),
+                report: Report | None = None) -> Config:  # fmt: skip
+    """`cfg` with what the dataset decides, except the dotted keys in `explicit`
+    (set on the command line): the number of classes, and with
+    train.schedule = "by_dataset_size" the batch (at most the split's size, a
+    power of two) and the schedule (schedule_for_dataset; then "fixed", so the
+    run records the values used)."""
+    report = silent(report)
+    updates: dict[str, Any] = {}
+    if "model.num_classes" not in explicit and cfg.model.num_classes != ds.num_classes:
+        updates["model.num_classes"] = ds.num_classes
+        report.say(f"model.num_classes = {ds.num_classes}, from dataset {ds.name!r}")
+    if cfg.train.schedule == "by_dataset_size":
+        n = ds.num_examples(ds.check_split(cfg.data.train_split))
+        batch = cfg.train.global_batch
+        if "train.global_batch" not in explicit:
+            batch = min(batch, 1 << max(0, n.bit_length() - 1))
+        at = config_lib.override(cfg, {"train.global_batch": batch})
+        chosen = {"train.global_batch": batch, **schedule_for_dataset(n, at)}
+        if "train.steps" in explicit:  # the periods follow the steps asked for
+            chosen.update(schedule_periods(cfg.train.steps))
+        chosen = {k: v for k, v in chosen.items() if k not in explicit}
+        updates.update(chosen, **{"train.schedule": "fixed"})
+        report.say(f"schedule for {n} training images: " + ", ".join(
+            f"{k.removeprefix('train.')}={v}" for k, v in chosen.items()))  # fmt: skip
+    return config_lib.override(cfg, updates) if updates else cfg
+
+
 def train(
     cfg: Config,
     workdir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
-    init_from: str | None = None,
     report: Report | None = None,
+    explicit: frozenset[str] = frozenset(),
 ) -> RunResult:
-    """Train (or resume) the run in `workdir` to `cfg.train.steps`.
+    """Train (or resume) the run in `workdir` to `cfg.train.steps`, from
+    cfg.train.init_from's weights; what the dataset decides (for_dataset) is
+    taken from it, except the keys in `explicit`.
 
     Progress goes to `report` (mrcli.progress): the task "train" advanced with
     the logged metrics every log_every steps, lines for compiled steps (with
@@ -370,20 +518,22 @@ def train(
     written. The input pipeline, metric writers and checkpoint manager are
     closed on every way out. Returns how the run ended."""
     report = silent(report)
-    parallel.use_cpu_cores(cfg.train.global_batch)
     workdir = Path(workdir).expanduser()
-    tc = cfg.train
     ds = find_dataset(cfg.data.dataset, data_dir)
+    cfg = for_dataset(cfg, ds, explicit, report)
+    parallel.use_cpu_cores(cfg.train.global_batch)
+    tc = cfg.train
     _check_run(cfg, ds)
     how = runs.check_workdir(workdir, cfg, ds)
     resuming = how == "resume"
     if how == "restart":
         report.say(f"{workdir} holds a run that saved no checkpoint; starting it again with "
                    "this config")  # fmt: skip
+    check_weights(cfg, resuming and runs.has_checkpoints(workdir))
     n_proc, n_dev = jax.process_count(), jax.device_count()
 
     mesh = parallel.make_mesh()
-    model, model_state = init_model(cfg, None if resuming else init_from, report)
+    model, model_state = init_model(cfg, None if resuming else tc.init_from, report)
     params, constants = model_lib.split_params(model_state)
     schedule = learning_rate(tc)
     tx = make_optimizer(tc)
@@ -400,9 +550,11 @@ def train(
         manager = runs.open_checkpoints(workdir, tc.keep_checkpoints)
         closing.callback(manager.close)
         start = 0
+        stopping = _EarlyStop(tc.patience, tc.best_metric)
         if resuming and manager.latest_step() is not None:
             start = int(manager.latest_step())
-            state = _restore(manager, start, state, batches, rep)
+            state, record = _restore(manager, start, state, batches, rep)
+            stopping.best, stopping.since_best = record.get("best_score"), record.get("evals_since_best", 0)
             report.say(f"resumed {workdir} at step {start}")
         elif resuming:
             report.say(f"{workdir} has no checkpoint yet; starting at step 0")
@@ -453,15 +605,19 @@ def train(
                         last_eval = evaluate_during_training(model, state, ds, cfg, mesh)
                         metrics_out.write({"step": step, **last_eval}, prefix="eval")
                         report.say(_format_eval(step, last_eval))
-                        score = last_eval.get("segm_AP", last_eval.get("bbox_AP"))
-                    if at_ckpt or stop.received is not None:
-                        _save(manager, step, state, batches, cfg, ds, score)
+                        score = stopping.update(step, last_eval)
+                    if at_ckpt or stop.received is not None or stopping.stop:
+                        _save(manager, step, state, batches, cfg, ds, score, stopping)
                         last_ckpt = step
                         report.say(f"checkpoint at step {step}", "detail")
                     if stop.received is not None:
                         reason = "signal"
                         report.say(f"stopped by signal {stop.received} at step {step}; saved, "
                                    "resume with the same command")  # fmt: skip
+                        break
+                    if stopping.stop:
+                        reason = "early_stop"
+                        report.say(stopping.explain())
                         break
         except _NonFinite as e:
             where = (f"step {last_ckpt} in {workdir / runs.CHECKPOINTS}" if last_ckpt is not None
@@ -493,7 +649,11 @@ def run(
 ) -> RunResult:
     """`mrcli train`: join a multi-host run where there is one (or `distributed`),
     resolve the config (mrcli.runs.resolve_config: the run's own when resuming
-    without a recipe) and train."""
+    without a recipe; `init_from` sets train.init_from) and train; what the
+    dataset decides is taken from it unless set with `sets`."""
     parallel.maybe_initialize_distributed(distributed)
     cfg = runs.resolve_config(workdir, recipe, sets, data)
-    return train(cfg, workdir, data_dir=data_dir, init_from=init_from, report=report)
+    if init_from:
+        cfg = config_lib.override(cfg, {"train.init_from": init_from})
+    explicit = frozenset(config_lib.parse_sets(list(sets)))
+    return train(cfg, workdir, data_dir=data_dir, report=report, explicit=explicit)

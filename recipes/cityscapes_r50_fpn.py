@@ -12,15 +12,13 @@ paper's Appendix A): short side drawn from 800..1024 in steps of 32 in
 training, 1024 at test, long side <= 2048; 24k steps at batch 8, LR 0.01,
 divided by 10 at 18k; eval every 8k steps.
 
-Detectron2 starts from COCO-pretrained weights (the paper: 36.4 with COCO
-pre-training, 31.5 from ImageNet only); this recipe will name mrcli's COCO
-weights once the weights catalogue exists. Until then start from an imported
-COCO model: `mrcli weights import torchvision maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth
---out coco_r50/` and add `--init-from coco_r50/` (its 91-class layers are
-skipped, the rest loaded).
+Like Detectron2 it starts from its COCO Mask R-CNN R50-FPN 3x
+(d2-maskrcnn-r50-fpn-3x-coco, fetched by itself; the paper: 36.4 with COCO
+pre-training, 31.5 from ImageNet only) in Detectron2's numerics; the COCO
+class layers are skipped and trained for the 8 classes.
 """
 
-from mrcli.config import Config, override
+from mrcli.config import DETECTRON2_NUMERICS, Config, override
 
 
 def config(base: Config) -> Config:
@@ -34,6 +32,8 @@ def config(base: Config) -> Config:
             # MIN_SIZE_TRAIN, sampling "choice".
             "data.train_scales": (800, 832, 864, 896, 928, 960, 992, 1024),
             "model.num_classes": 8,
+            **DETECTRON2_NUMERICS,
+            "train.init_from": "d2-maskrcnn-r50-fpn-3x-coco",
             "train.global_batch": 8,
             "train.base_lr": 0.02,  # 0.01 at batch 8 (linear scaling from the reference 16)
             "train.steps": 24_000,

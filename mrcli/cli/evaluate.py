@@ -8,12 +8,13 @@ import typer
 from rich.table import Table
 
 from mrcli.cli.display import RichReport, err, out, print_json
-from mrcli.cli.options import Checkpoint, DataDir, Json, Sets, Workdir
+from mrcli.cli.options import Checkpoint, DataDir, Json, Sets, Weights, Workdir
 
 
 def eval_cmd(
     workdir: Workdir = None,
     checkpoint: Checkpoint = None,
+    weights: Weights = None,
     data: Annotated[
         Optional[str], typer.Option("--data", help="Dataset (default: the model's own).")
     ] = None,
@@ -50,7 +51,7 @@ def eval_cmd(
     with RichReport() as report:
         result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split,
                           out=out_dir, max_images=max_images, sets=sets or [], data_dir=data_dir,
-                          report=report)  # fmt: skip
+                          weights=weights, report=report)  # fmt: skip
     if as_json:
         print_json({"num_images": result.num_images, "results": str(result.results_path),
                     **result.summary()})  # fmt: skip

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import Checkpoint, DataDir, Json, Workdir
+from mrcli.cli.options import Checkpoint, DataDir, Json, Weights, Workdir
 
 
 def _verify_table(report: Any) -> Table:
@@ -34,6 +34,7 @@ def export(
     out: Annotated[str, typer.Option("--out", help="Directory to write the exported model to.")],
     workdir: Workdir = None,
     checkpoint: Checkpoint = None,
+    weights: Weights = None,
     format: Annotated[
         str, typer.Option("--format", help="stablehlo (jax.export; needs only jax) or savedmodel "
                           "(TensorFlow, via jax2tf; pip install 'mrcli\\[tf]').")
@@ -94,7 +95,7 @@ def export(
                             max_input_size=max_input_size, platforms=platforms,
                             verify_source=verify_images, do_verify=verify,
                             verify_only=verify_only, max_verify_images=max_images,
-                            data_dir=data_dir, report=report)  # fmt: skip
+                            data_dir=data_dir, weights=weights, report=report)  # fmt: skip
     data: dict[str, Any] = {}
     if result.export is not None:
         rec = result.export.record

@@ -21,6 +21,11 @@ Sets = Annotated[
 ]
 # Which trained model a command uses (eval, predict, export; mrcli.runs.load_trained).
 Workdir = Annotated[Optional[str], typer.Option("--workdir", help="A training run's directory.")]
+Weights = Annotated[
+    Optional[str],
+    typer.Option("--weights", help="Pretrained weights instead of --workdir: a name from "
+                 "`mrcli weights list` (downloaded once), a .pth/.pkl file or a checkpoint directory."),
+]
 Checkpoint = Annotated[
     Optional[str],
     typer.Option("--checkpoint", help="best | last | STEP of --workdir, or a checkpoint "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import Checkpoint, Json, Workdir
+from mrcli.cli.options import Checkpoint, Json, Weights, Workdir
 
 
 def predict(
@@ -19,6 +19,7 @@ def predict(
     out: Annotated[str, typer.Option("--out", help="Output folder; mirrors the input tree.")],
     workdir: Workdir = None,
     checkpoint: Checkpoint = None,
+    weights: Weights = None,
     score: Annotated[
         float, typer.Option("--score", help="Keep detections scoring above this.")
     ] = 0.5,
@@ -55,7 +56,7 @@ def predict(
     with RichReport() as report:
         result = predict_run(input, out, workdir=workdir, checkpoint=checkpoint, score=score,
                              formats=formats, batch_size=batch_size, overwrite=overwrite,
-                             report=report)  # fmt: skip
+                             weights=weights, report=report)  # fmt: skip
     skipped = f", skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(
         f"predicted {result.num_images} of {result.num_inputs} image(s){skipped}: "

@@ -23,9 +23,10 @@ def train(
     sets: Sets = None,
     init_from: Annotated[
         Optional[str],
-        typer.Option("--init-from", help="Start from these weights: a `mrcli weights import` "
-                     "directory (a backbone or a full model) or another run's workdir (its best "
-                     "checkpoint). Arrays of another shape (another class count) are skipped."),
+        typer.Option("--init-from", help="Start from these weights (sets train.init_from): a name "
+                     "from `mrcli weights list`, a .pth/.pkl file, a checkpoint directory or another "
+                     "run's workdir (its best checkpoint). Arrays of another shape (another class "
+                     "count) are skipped."),
     ] = None,
     distributed: Annotated[
         bool, typer.Option("--distributed", help="Join a multi-host run (jax.distributed); "
@@ -42,6 +43,8 @@ def train(
     Examples:
 
       mrcli train --recipe tiny --data shapes --workdir runs/tiny
+
+      mrcli train --recipe finetune --data parts --workdir runs/parts
 
       mrcli train --recipe r101_fpn --data coco --workdir runs/r101 --set train.global_batch=32
     """

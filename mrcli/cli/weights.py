@@ -3,21 +3,83 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from mrcli.cli.display import err, print_json
+from rich.markup import escape
+from rich.table import Table
+
+from mrcli.cli.display import RichReport, err, out, print_json
 from mrcli.cli.options import Json
 
 weights_app = typer.Typer(
-    help="Import pretrained PyTorch weights into an mrcli checkpoint directory.\n\n"
+    help="Pretrained weights: the catalogue by name (downloaded, verified and cached once), "
+    "and PyTorch files imported into mrcli checkpoint directories.\n\n"
     "Examples:\n\n"
-    "  mrcli weights import torchvision maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --out coco_r50/\n\n"
-    "  mrcli weights import torchvision resnet101-63fe2227.pth --out r101/\n\n"
-    "  mrcli weights import detectron2 model_final_f10217.pkl --out d2_r50/",
+    "  mrcli weights list\n\n"
+    "  mrcli weights get tv-maskrcnn-r50-fpn-coco\n\n"
+    "  mrcli weights get d2-msra-r50-imagenet --file R-50.pkl\n\n"
+    "  mrcli weights import torchvision maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --out coco_r50/",
     no_args_is_help=True,
 )
+
+
+@weights_app.command("list")
+def weights_list(as_json: Json = False) -> None:
+    """The weights mrcli knows by name: what, from where, size, published
+    accuracy, licence, and whether they are cached here ($MRCLI_WEIGHTS).
+
+    Example: mrcli weights list --json
+    """
+    from mrcli.weights import listing
+
+    rows = listing()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="pretrained weights (mrcli weights list --json: URLs, checksums)")
+    for name, justify in (("name / what", "left"), ("MB", "right"), ("published", "left"),
+                          ("licence", "left"), ("cached", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        if r["coco_box_ap"] is not None:
+            published = f"COCO box {r['coco_box_ap']}" + (
+                f"\nmask {r['coco_mask_ap']}" if r["coco_mask_ap"] is not None else "")
+        else:
+            published = f"ImageNet\ntop-1 {r['imagenet_top1']}"
+        table.add_row(f"[bold]{r['name']}[/]\n[dim]{escape(r['what'])}[/]",
+                      f"{r['size_mb']:.0f}" + ("" if r["size_exact"] else "~"), published,
+                      r["licence"].split(" (")[0], "yes" if r["cached"] else "-", end_section=True)  # fmt: skip
+    out.print(table)
+
+
+@weights_app.command("get")
+def weights_get(
+    name: Annotated[str, typer.Argument(help="A name from `mrcli weights list`.")],
+    file: Annotated[
+        Optional[str],
+        typer.Option("--file", help="The publisher's file, downloaded by hand (checked, then cached)."),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Download (or take from --file), verify, cache and import weights; prints
+    the checkpoint directory, for --checkpoint, --weights or --init-from.
+
+    Examples:
+
+      mrcli weights get tv-maskrcnn-r50-fpn-coco
+
+      mrcli weights get d2-maskrcnn-r50-fpn-3x-coco --file model_final_f10217.pkl
+    """
+    from mrcli.weights import fetch
+
+    with RichReport() as report:
+        path = fetch(name, file=file, report=report)
+    if as_json:
+        print_json({"name": name, "path": str(path)})
+    else:
+        print(path)
 
 
 class WeightsSource(str, Enum):

@@ -10,7 +10,9 @@ processing: no flip), or the exported model is another model. Bit for bit:
   product and rounding as the Python floats there; the product is kept
   apart from the + 0.5 so no compiler fuses them into one rounding);
 - pixels: PIL's bilinear resize (mrcli.ops.resize: PIL's fixed-point
-  algorithm, with the pass order of the Pillow version given);
+  algorithm, with the pass order of the Pillow version given); with
+  model.input.resize "torchvision", the normalised image interpolated as
+  torchvision does (mrcli.ops.resize.resize_bilinear_float);
 - normalisation: float32 (pixel - mean) * float32(1 / std) in the model's
   channel order, then zeros outside the resized image (the normalised image
   is zero padded, docs/design.md §6).
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from mrcli.ops.resize import resize_bilinear_uint8
+from mrcli.ops.resize import resize_bilinear_float, resize_bilinear_uint8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class InputSpec:
     mean: tuple[float, float, float]  # model.input.pixel_mean, 0..255 units, model channel order
     std: tuple[float, float, float]
     vertical_first_rule: bool = True  # Pillow >= 13's resize pass order
+    resize: str = "pil"  # model.input.resize: "pil" or "torchvision"
 
     @property
     def max_factor(self) -> float:
@@ -63,19 +66,29 @@ def fit_size(
 ) -> tuple[Array, Array]:  # scale [B] float32, resized (rh, rw) [B,2] int32
     """pipeline.fit_size for a batch: scale = min(short / min(h, w), max_size /
     max(h, w), H / h, W / w), resized = max(1, int(side * scale + 0.5)) capped at
-    the bucket, computed in float64 like Python's floats."""
+    the bucket, computed in float64 like Python's floats; with spec.resize
+    "torchvision" pipeline.fit_size_torchvision (sides truncated, the bucket's
+    limit applied only where the image would not fit)."""
     H, W = spec.bucket
     with jax.enable_x64(True):
         h = hw[:, 0].astype(jnp.float64)
         w = hw[:, 1].astype(jnp.float64)
         scale = jnp.minimum(spec.short / jnp.minimum(h, w), spec.max_size / jnp.maximum(h, w))
-        scale = jnp.minimum(jnp.minimum(scale, H / h), W / w)
 
-        def rounded(side, cap):
-            product = jax.lax.optimization_barrier(side * scale)
-            return jnp.minimum(jnp.maximum(jnp.floor(product + 0.5), 1.0), cap).astype(jnp.int32)
+        def side(length, s, offset):
+            product = jax.lax.optimization_barrier(length * s)
+            return jnp.floor(product + offset)
 
-        resized = jnp.stack([rounded(h, H), rounded(w, W)], axis=1)
+        if spec.resize == "torchvision":
+            fits = (side(h, scale, 0.0) <= H) & (side(w, scale, 0.0) <= W)
+            scale = jnp.where(fits, scale, jnp.minimum(jnp.minimum(scale, H / h), W / w))
+            offset = 0.0
+        else:
+            scale = jnp.minimum(jnp.minimum(scale, H / h), W / w)
+            offset = 0.5
+        resized = jnp.stack([jnp.minimum(jnp.maximum(side(h, scale, offset), 1.0), H),
+                             jnp.minimum(jnp.maximum(side(w, scale, offset), 1.0), W)],
+                            axis=1).astype(jnp.int32)  # fmt: skip
         return scale.astype(jnp.float32), resized
 
 
@@ -88,17 +101,23 @@ def model_input(
     H, W = spec.bucket
     hw = hw.astype(jnp.int32)
     scale, resized = fit_size(hw, spec)
-    pixels = jax.vmap(
-        lambda im, a, b: resize_bilinear_uint8(
-            im, a, b, spec.bucket, spec.max_factor, spec.vertical_first_rule
-        )
-    )(images, hw, resized)  # [B,H,W,3] uint8
-    x = pixels.astype(jnp.float32)
-    if spec.bgr:
-        x = x[..., ::-1]
     mean = jnp.asarray(spec.mean, jnp.float32)
-    inv_std = jnp.asarray([1.0 / s for s in spec.std], jnp.float32)
-    x = (x - mean) * inv_std
+    if spec.resize == "torchvision":  # normalise, then interpolate (pipeline.image_input)
+        x = images.astype(jnp.float32)
+        if spec.bgr:
+            x = x[..., ::-1]
+        x = (x - mean) / jnp.asarray(spec.std, jnp.float32)
+        x = jax.vmap(lambda im, a, b: resize_bilinear_float(im, a, b, spec.bucket))(x, hw, resized)
+    else:
+        pixels = jax.vmap(
+            lambda im, a, b: resize_bilinear_uint8(
+                im, a, b, spec.bucket, spec.max_factor, spec.vertical_first_rule
+            )
+        )(images, hw, resized)  # [B,H,W,3] uint8
+        x = pixels.astype(jnp.float32)
+        if spec.bgr:
+            x = x[..., ::-1]
+        x = (x - mean) * jnp.asarray([1.0 / s for s in spec.std], jnp.float32)
     inside = (jnp.arange(H)[None, :, None] < resized[:, 0, None, None]) & (
         jnp.arange(W)[None, None, :] < resized[:, 1, None, None]
     )  # [B,H,W]

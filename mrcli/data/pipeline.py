@@ -79,6 +79,7 @@ import dataclasses
 import functools
 import io
 import logging
+import math
 import os
 import threading
 import time
@@ -116,6 +117,7 @@ class Spec:
     bgr: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize: str = "pil"  # model.input.resize
 
     @classmethod
     def from_config(cls, cfg: Config) -> Spec:
@@ -128,6 +130,7 @@ class Spec:
             bgr=m.pixel_order == "bgr",
             mean=tuple(float(v) for v in m.pixel_mean),
             std=tuple(float(v) for v in m.pixel_std),
+            resize=m.resize,
         )
 
 
@@ -200,7 +203,10 @@ class Plan:
     """Batch k -> (bucket, this process's slots). Pure index arithmetic."""
 
     def __init__(self, heights, widths, *, cfg: Config, train: bool, seed: int,
-                 global_batch: int, process_index: int, process_count: int):
+                 global_batch: int, process_index: int, process_count: int,
+                 repeat: np.ndarray | None = None):  # fmt: skip
+        """`repeat` [N] float >= 1: repeat factors (repeat_factors) of a
+        training split; None: every image once per epoch."""
         d = cfg.data
         self.train = train
         self.seed = int(seed)
@@ -219,7 +225,20 @@ class Plan:
         self.bucket_of = assign_buckets(heights, widths, max(self.scales), d.max_size,
                                         tuple(d.resolved_buckets()))
         counts = np.bincount(self.bucket_of, minlength=len(d.resolved_buckets()))
-        if train:
+        self.repeat = None if repeat is None else np.asarray(repeat, np.float64)
+        if train and self.repeat is not None:
+            # An epoch holds T = ceil(sum r) images (epoch_indices); however they
+            # fall into buckets, at least this many complete batches come out.
+            self.repeat_total = int(math.ceil(self.repeat.sum()))
+            nb = int(np.count_nonzero(counts))
+            self.batches_per_epoch = max(0, (self.repeat_total - nb * (self.global_batch - 1))
+                                         // self.global_batch)  # fmt: skip
+            if self.batches_per_epoch == 0:
+                raise UserError(f"the split's {self.repeat_total} repeated images per epoch make no "
+                                f"complete global batch of {self.global_batch} in every bucket; "
+                                "lower train.global_batch or add images")  # fmt: skip
+            self._epochs = OrderedDict()
+        elif train:
             self.batches_per_epoch = int(sum(c // self.global_batch for c in counts))
             if self.batches_per_epoch == 0:
                 raise UserError(
@@ -250,6 +269,8 @@ class Plan:
             return self._epochs[epoch]
         rng = np.random.default_rng([self.seed, epoch, 0x5EED])
         perm = rng.permutation(self.n)
+        if self.repeat is not None:
+            perm = self.epoch_indices(epoch, perm)
         b = self.bucket_of[perm]
         groups = []
         G = self.global_batch
@@ -266,6 +287,17 @@ class Plan:
         while len(self._epochs) > 2:
             self._epochs.popitem(last=False)
         return out
+
+    def epoch_indices(self, epoch: int, order: np.ndarray) -> np.ndarray:
+        """One epoch's images with repeat factors: image i ceil or floor of its
+        factor times (expectation r_i, Detectron2's stochastic rounding) by
+        systematic sampling over `order`, so an epoch holds exactly
+        repeat_total images; then shuffled."""
+        rng = np.random.default_rng([self.seed, epoch, 0xEFA])
+        r = self.repeat[order] * (self.repeat_total / self.repeat.sum())
+        edges = np.floor(np.concatenate([[0.0], np.cumsum(r)]) + rng.random()).astype(np.int64)
+        seq = np.repeat(order, np.diff(edges))
+        return seq[rng.permutation(len(seq))]
 
     def _augment(self, epoch: int, index: int) -> Slot:
         rng = np.random.default_rng([self.seed, epoch, int(index), 0xA06])
@@ -303,6 +335,41 @@ def fit_size(h: int, w: int, short: int, max_size: int,
     return scale, min(rh, H), min(rw, W)
 
 
+def fit_size_torchvision(h: int, w: int, short: int, max_size: int,
+                         bucket: tuple[int, int]) -> tuple[float, int, int]:  # fmt: skip
+    """fit_size as torchvision's GeneralizedRCNNTransform sizes an image (eager
+    mode): scale = min(short / min(h, w), max_size / max(h, w)) in Python
+    floats, each side int(side * scale), truncated (F.interpolate with
+    recompute_scale_factor); an image that would not fit `bucket` is shrunk to
+    fit (torchvision pads to any size, a compiled bucket cannot)."""
+    scale = min(short / min(h, w), max_size / max(h, w))
+    H, W = bucket
+    if int(h * scale) > H or int(w * scale) > W:
+        scale = min(scale, H / h, W / w)
+    return scale, min(max(1, int(h * scale)), H), min(max(1, int(w * scale)), W)
+
+
+def resize_normalized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[h, w, C] float32 -> [rh, rw, C] float32 by bilinear interpolation without
+    antialiasing, half-pixel centres (PyTorch's F.interpolate(mode="bilinear",
+    align_corners=False) with the size given): source = (dst + 0.5) * in / out
+    - 0.5 in float32, clamped at 0, the upper neighbour clamped at the edge."""
+
+    def taps(n_in: int, n_out: int):
+        ratio = np.float32(n_in) / np.float32(n_out)
+        src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * ratio - np.float32(0.5)
+        src = np.maximum(src, np.float32(0.0))
+        low = src.astype(np.int64)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = np.clip(src - low.astype(np.float32), 0.0, 1.0).astype(np.float32)
+        return low, high, np.float32(1.0) - frac, frac
+
+    y0, y1, wy0, wy1 = taps(image.shape[0], size[0])
+    x0, x1, wx0, wx1 = taps(image.shape[1], size[1])
+    rows = image[y0] * wy0[:, None, None] + image[y1] * wy1[:, None, None]  # [rh, w, C]
+    return rows[:, x0] * wx0[None, :, None] + rows[:, x1] * wx1[None, :, None]
+
+
 def image_input(
     source: bytes | Image.Image,  # stored image bytes, or a decoded upright image
     bucket: tuple[int, int],
@@ -318,12 +385,27 @@ def image_input(
     zero padded into `bucket`) and its `image_info` row [5] float32.
 
     The one place an image becomes model input: the input pipeline (stored
-    bytes) and `mrcli predict` (decoded files) both go through it."""
+    bytes) and `mrcli predict` (decoded files) both go through it. With
+    spec.resize "torchvision" the image is sized and resampled as torchvision
+    does (fit_size_torchvision, resize_normalized) instead of with PIL."""
     H, W = bucket
     if hw is None:
         w, h = source.size if isinstance(source, Image.Image) else Image.open(io.BytesIO(source)).size
     else:
         h, w = hw
+    if out is None:
+        out = np.zeros((H, W, 3), np.float32)
+    if spec.resize == "torchvision":
+        scale, rh, rw = fit_size_torchvision(h, w, short, spec.max_size, bucket)
+        # torchvision's order: normalise the full image, then interpolate it.
+        arr = np.asarray(imagelib.decode_rgb(source), np.float32)
+        if flip:
+            arr = arr[:, ::-1]
+        if spec.bgr:
+            arr = arr[..., ::-1]
+        arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+        out[:rh, :rw] = resize_normalized(arr, (rh, rw))
+        return out, np.array((h, w, scale, rh, rw), np.float32)
     scale, rh, rw = fit_size(h, w, short, spec.max_size, bucket)
     img = imagelib.decode_rgb(source, (rh, rw))
     if flip:
@@ -331,8 +413,6 @@ def image_input(
     arr = np.asarray(img)
     if spec.bgr:
         arr = arr[..., ::-1]
-    if out is None:
-        out = np.zeros((H, W, 3), np.float32)
     # Normalise straight into the zero-padded row. Viewing rows as [rw*3]
     # vectors (mean/std tiled to match) keeps numpy's inner loops long: 10x
     # faster than broadcasting over a trailing axis of 3.
@@ -570,6 +650,21 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
             pass
 
 
+def repeat_factors(image_classes: list[np.ndarray], threshold: float) -> np.ndarray:
+    """[N] repeat factor of each image (Gupta et al. 2019, LVIS, eq. 1; Detectron2's
+    RepeatFactorTrainingSampler): for each class c, f_c the fraction of images
+    holding it and r_c = max(1, sqrt(threshold / f_c)); an image's factor is
+    its rarest class's r_c, 1 for an image without instances."""
+    n = max(1, len(image_classes))
+    present: dict[int, int] = {}
+    for classes in image_classes:
+        for c in np.unique(classes):
+            present[int(c)] = present.get(int(c), 0) + 1
+    r_class = {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in present.items()}
+    return np.array([max((r_class[int(c)] for c in classes), default=1.0) for classes in image_classes],
+                    np.float64)
+
+
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
         import jax
@@ -601,10 +696,12 @@ def train_batches(
     split = dataset.check_split(split or cfg.data.train_split)
     pi, pc = _process(process_index, process_count)
     index = dataset.index(split)
+    threshold = cfg.data.repeat_factor_threshold
+    repeat = repeat_factors(dataset.image_classes(split), threshold) if threshold > 0 else None
     plan = Plan(index["height"], index["width"], cfg=cfg, train=True,
                 seed=cfg.train.seed if seed is None else seed,
                 global_batch=global_batch or cfg.train.global_batch,
-                process_index=pi, process_count=pc)
+                process_index=pi, process_count=pc, repeat=repeat)
     stop = _FOREVER if num_steps is None else start_step + int(num_steps)
     return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg),
                          num_workers=cfg.data.num_workers if num_workers is None else num_workers,

@@ -6,7 +6,8 @@ Layout (one directory per dataset in the data directory)::
         dataset_info.json, features.json     TFDS metadata
         metadata.json                        the mrcli record (below), as TFDS metadata
         NAME-train.array_record-00000-of-0000N, ...
-        mrcli_index.npz                      per split: image_id, height, width, num_instances
+        mrcli_index.npz                      per split: image_id, height, width, num_instances,
+                                             class_ids + class_offsets (the classes of each image)
 
 How: tensorflow-datasets 4.9.10 writes ArrayRecord shards and its metadata
 without TensorFlow through a `GeneratorBasedBuilder` with
@@ -181,6 +182,18 @@ class Dataset:
 
     def num_examples(self, split: str) -> int:
         return int(self.index(split)["image_id"].shape[0])
+
+    def image_classes(self, split: str) -> list[np.ndarray]:
+        """The contiguous class ids each record holds (crowd regions not
+        counted), in storage order: from the index where it has them (datasets
+        prepared by this release), else read from the records."""
+        self.check_split(split)
+        ids, offsets = self._index.get(f"{split}/class_ids"), self._index.get(f"{split}/class_offsets")
+        if ids is not None and offsets is not None:
+            return [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        source = self.source(split)
+        return [np.unique(np.asarray(r["classes"], np.int32)[~np.asarray(r["crowd"], bool)])
+                for r in (source[i] for i in range(len(source)))]  # fmt: skip
 
     def source(self, split: str):
         """Random-access `ArrayRecordDataSource` over the split (picklable)."""
@@ -418,6 +431,11 @@ def write_dataset(
             index[f"{split}/num_instances"] = np.array(
                 [len(e.ann_ids) for e in examples], np.int32
             )
+            # The classes each image holds (not counting crowd regions), for
+            # repeat-factor sampling: concatenated, with offsets [N + 1].
+            present = [np.unique(np.asarray(e.classes)[~np.asarray(e.crowd, bool)]) for e in examples]
+            index[f"{split}/class_ids"] = np.concatenate(present or [np.zeros(0)]).astype(np.int32)
+            index[f"{split}/class_offsets"] = np.cumsum([0] + [len(p) for p in present]).astype(np.int64)
         np.savez(out / INDEX_FILE, **index)
         for fname, content in (extra_files or {}).items():
             (out / fname).write_bytes(content)

@@ -2,7 +2,7 @@
 
 Modules hold parameters only; their `__call__` is plain jax.lax arithmetic on
 NHWC activations with HWIO kernels (PyTorch OIHW kernels are transposed on
-import, mrcli/weights.py). Padding is explicit and symmetric, as PyTorch's
+import, mrcli/weights/importers.py). Padding is explicit and symmetric, as PyTorch's
 `padding=k // 2`, so a stride-2 conv sees the same pixels as torchvision's
 (XLA's "SAME" pads a stride-2 conv on an even input only at the end).
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["resize_bilinear_uint8", "num_taps"]
+__all__ = ["resize_bilinear_float", "resize_bilinear_uint8", "num_taps"]
 
 PRECISION_BITS = 22  # Pillow: 32 - 8 (uint8 pixel) - 2 (headroom)
 
@@ -121,3 +121,32 @@ def resize_bilinear_uint8(
     v_first = _pass(_pass(x, idx_h, k_h, axis=0), idx_w, k_w, axis=1)  # via [Ho,W,C]
     vertical = (h - rh > 0) & (h - rh > 2 * (w - rw))
     return jnp.where(vertical, v_first, h_first).astype(jnp.uint8)
+
+
+def resize_bilinear_float(
+    image: Array,  # [H,W,C] float32; only the top-left in_hw part is read
+    in_hw: Array,  # [2] int32 (h, w): the image's size, 1..H and 1..W
+    out_hw: Array,  # [2] int32 (rh, rw): the size to resize to, 1..Ho and 1..Wo
+    out_shape: tuple[int, int],  # (Ho, Wo), static
+) -> Array:  # [Ho,Wo,C] float32: the resized image top-left; rows/columns beyond it undefined
+    """Bilinear interpolation without antialiasing, half-pixel centres: PyTorch's
+    F.interpolate(mode="bilinear", align_corners=False) with the output size
+    given (torchvision's GeneralizedRCNNTransform resizes the normalised image
+    so), the jnp twin of mrcli.data.pipeline.resize_normalized: source = (o +
+    0.5) * in / out - 0.5 in float32, clamped at 0, the upper neighbour clamped
+    at the edge."""
+
+    def taps(n_in: Array, n_out: Array, size: int):
+        ratio = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
+        src = (jnp.arange(size, dtype=jnp.float32) + 0.5) * ratio - 0.5
+        src = jnp.maximum(src, 0.0)
+        low = jnp.minimum(src.astype(jnp.int32), n_in - 1)
+        high = jnp.minimum(low + 1, n_in - 1)
+        frac = jnp.clip(src - low.astype(jnp.float32), 0.0, 1.0)
+        return low, high, 1.0 - frac, frac
+
+    ho, wo = out_shape
+    y0, y1, wy0, wy1 = taps(in_hw[0].astype(jnp.int32), out_hw[0].astype(jnp.int32), ho)
+    x0, x1, wx0, wx1 = taps(in_hw[1].astype(jnp.int32), out_hw[1].astype(jnp.int32), wo)
+    rows = image[y0] * wy0[:, None, None] + image[y1] * wy1[:, None, None]  # [Ho,W,C]
+    return rows[:, x0] * wx0[None, :, None] + rows[:, x1] * wx1[None, :, None]

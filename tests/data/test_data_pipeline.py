@@ -289,3 +289,77 @@ def test_bucket_assignment():
     buckets = ((800, 1344), (1344, 800))
     got = P.assign_buckets(np.array([480, 640, 500, 3000]), np.array([640, 480, 500, 100]), 800, 1333, buckets)
     assert got.tolist() == [0, 1, 0, 1]
+
+
+# --- repeat-factor sampling ---------------------------------------------------------------
+
+
+def test_repeat_factors_follow_lvis():
+    """r_c = max(1, sqrt(t / f_c)); an image takes its rarest class's factor."""
+    classes = [np.array([1])] * 8 + [np.array([1, 2]), np.array([], np.int32)]
+    r = P.repeat_factors(classes, threshold=0.5)
+    f2 = 1 / 10  # class 2 in one image of ten; class 1 in nine (f = 0.9 > t: factor 1)
+    assert r[:8].tolist() == [1.0] * 8
+    assert r[8] == pytest.approx(np.sqrt(0.5 / f2)) and r[9] == 1.0
+
+
+def test_repeat_factor_epochs_repeat_rare_images(shapes_dataset):
+    cfg = _cfg(**{"data.repeat_factor_threshold": 1.0})
+    ds = shapes_dataset
+    classes = ds.image_classes("train")
+    r = P.repeat_factors(classes, 1.0)
+    assert (r > 1).any() and (r == 1).any()  # shapes has rarer and commoner classes per image
+    index = ds.index("train")
+    plan = P.Plan(index["height"], index["width"], cfg=cfg, train=True, seed=1, global_batch=2,
+                  process_index=0, process_count=1, repeat=r)  # fmt: skip
+    counts = np.zeros(len(r))
+    epochs = 200
+    for e in range(epochs):
+        seq = plan.epoch_indices(e, np.random.default_rng(e).permutation(len(r)))
+        assert len(seq) == plan.repeat_total == int(np.ceil(r.sum()))
+        counts += np.bincount(seq, minlength=len(r))
+        assert len(plan._epoch(e)[1]) >= plan.batches_per_epoch
+    np.testing.assert_allclose(counts / epochs, r * plan.repeat_total / r.sum(), atol=0.15)
+    # train_batches takes the factors from the dataset; the same batches every time.
+    a = _take(P.train_batches(cfg, ds, num_steps=3, num_workers=0), 3)
+    b = _take(P.train_batches(cfg, ds, num_steps=3, num_workers=0), 3)
+    for x, y in zip(a, b):
+        _assert_same(x, y)
+
+
+def test_image_classes_from_the_index_equal_the_records(shapes_dataset):
+    source = shapes_dataset.source("val")
+    from_records = [np.unique(np.asarray(source[i]["classes"])[~np.asarray(source[i]["crowd"], bool)])
+                    for i in range(len(source))]  # fmt: skip
+    got = shapes_dataset.image_classes("val")
+    assert len(got) == len(from_records)
+    for a, b in zip(got, from_records):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- torchvision's resize (model.input.resize = "torchvision") ------------------------------
+
+
+def test_torchvision_resize_gives_torchvisions_input():
+    """pipeline.image_input with the torchvision profile == torchvision's
+    GeneralizedRCNNTransform (normalise, bilinear resize without antialiasing to
+    the truncated size, zero padding): the same sizes, pixels to float rounding."""
+    import torchvision_ref
+
+    tv = torchvision_ref.load()
+    if tv is None:
+        pytest.skip("torch/torchvision not installed")
+    import torch
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    rng = np.random.default_rng(0)
+    transform = GeneralizedRCNNTransform(800, 1333, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    for h, w in [(375, 500), (480, 640), (333, 1000), (1000, 27), (1200, 1600), (50, 70)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        images, _ = transform([torch.from_numpy(img).permute(2, 0, 1).float() / 255])
+        theirs = images.tensors[0].permute(1, 2, 0).numpy()
+        cfg = override(Config(), {"model.input.resize": "torchvision", "data.buckets": [list(theirs.shape[:2])]})
+        spec = P.Spec.from_config(cfg)
+        ours, info = P.image_input(Image.fromarray(img), spec.buckets[0], spec, 800)
+        assert tuple(info[3:].astype(int)) == tuple(images.image_sizes[0]), (h, w)
+        np.testing.assert_allclose(ours, theirs, atol=1e-3, err_msg=str((h, w)))

@@ -32,12 +32,12 @@ from typing import Any, Literal
 import numpy as np
 
 from mrcli import checkpoints
-from mrcli.config import Config, ModelConfig, flatten, override, to_dict
+from mrcli.config import DETECTRON2_NUMERICS, Config, ModelConfig, flatten, override, to_dict
 from mrcli.errors import UserError
 from mrcli.model import abstract
 from mrcli.model.backbone import BLOCKS
 
-Source = Literal["torchvision", "detectron2"]
+Source = Literal["torchvision", "detectron2", "auto"]
 BN_EPS = 1e-5  # torchvision and Detectron2 FrozenBatchNorm2d
 
 # COCO 2017 categories (id, name, supercategory), as in instances_*.json.
@@ -267,14 +267,18 @@ def load_file(path: str | Path, *, use_torch: bool | None = None) -> dict[str, A
 
 
 def _state_dict(obj: Any, path: Path) -> dict[str, np.ndarray]:
-    for key in ("model", "state_dict"):
+    # Detectron2's model zoo: {"model": ...}; torchvision training scripts:
+    # {"state_dict": ...} or {"model": ...}; Caffe2/Detectron1 detection models:
+    # {"blobs": ...} (ImageNet models are the plain dict).
+    for key in ("model", "state_dict", "blobs"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     out = {}
     for k, v in obj.items():
-        if isinstance(v, np.ndarray):
+        # Caffe2 files also hold the optimiser's momentum blobs.
+        if isinstance(v, np.ndarray) and not str(k).endswith("_momentum"):
             out[str(k)] = v
     return out
 
@@ -339,12 +343,12 @@ class _Mapper:
         self.used.add(src + "num_batches_tracked")
 
 
-def _blocks_per_stage(sd: dict[str, np.ndarray], stage_prefix) -> list[int]:
+def _blocks_per_stage(sd: dict[str, np.ndarray], stage_prefix, sep: str = ".") -> list[int]:
     """Blocks in each of the 4 stages; stage_prefix(s) is the name prefix of stage s
-    (0 = res2), followed by the block index."""
+    (0 = res2), followed by the block index and `sep`."""
     counts = []
     for s in range(4):
-        rx = re.compile(re.escape(stage_prefix(s)) + r"(\d+)\.")
+        rx = re.compile(re.escape(stage_prefix(s)) + r"(\d+)" + re.escape(sep))
         counts.append(len({int(m.group(1)) for k in sd for m in [rx.match(k)] if m}))
     return counts
 
@@ -430,10 +434,14 @@ def _torchvision_detector(sd, path) -> tuple[dict, ModelConfig]:
     cfg = _model_config({
         "num_classes": num_classes,
         "backbone.depth": depth,
+        "backbone.width": sd["backbone.body.conv1.weight"].shape[0],
         "fpn.channels": fpn_channels,
         "box_head.dim": sd["roi_heads.box_head.fc7.weight"].shape[0],
         "masks": masks,
-        **({"mask_head.convs": n_convs} if masks else {}),
+        **({"mask_head.convs": n_convs,
+            "mask_head.dim": sd["roi_heads.mask_head.0.0.weight"].shape[0]} if masks else {}),
+        # The input torchvision gave the model (GeneralizedRCNNTransform).
+        "input.resize": "torchvision",
     })
     return m, cfg
 
@@ -443,7 +451,39 @@ def _torchvision_backbone(sd, path) -> tuple[_Mapper, ModelConfig]:
     depth = _depth(_blocks_per_stage(sd, lambda s: f"layer{s + 1}."), path)
     _map_torchvision_resnet(m, "")
     m.used.update(k for k in sd if k.startswith("fc."))  # the ImageNet classifier
-    return m, _model_config({"backbone.depth": depth})
+    # torchvision's ResNet: RGB input normalised by the ImageNet mean and std
+    # (the defaults), the stride on the 3x3 conv.
+    return m, _model_config({"backbone.depth": depth, "backbone.width": sd["conv1.weight"].shape[0]})
+
+
+def _msra_backbone(sd, path) -> tuple[_Mapper, ModelConfig]:
+    """MSRA's original ResNet in Caffe2 names (Detectron2's ImageNetPretrained/MSRA
+    R-50.pkl, R-101.pkl): conv1_w, res_conv1_bn_{s,b}, resS_J_branch2{a,b,c}_w,
+    resS_J_branch1_w (the projection), each with _bn_{s,b}: the BatchNorm
+    already folded to scale and bias (Detectron2's c2_model_loading names)."""
+    m = _Mapper(sd, path)
+    counts = _blocks_per_stage(sd, lambda s: f"res{s + 2}_", sep="_")
+    depth = _depth(counts, path)
+
+    def affine(dst: str, src: str) -> None:
+        m.put(dst + ".scale", m.get(src + "_bn_s"))
+        m.put(dst + ".bias", m.get(src + "_bn_b"))
+
+    m.put("backbone.stem.kernel", _conv(m.get("conv1_w")))
+    affine("backbone.stem_norm", "res_conv1")
+    for s in range(4):
+        for j in range(counts[s]):
+            src, dst = f"res{s + 2}_{j}_", f"backbone.res{s + 2}.{j}"
+            for i, branch in ((1, "branch2a"), (2, "branch2b"), (3, "branch2c")):
+                m.put(f"{dst}.conv{i}.kernel", _conv(m.get(src + branch + "_w")))
+                affine(f"{dst}.norm{i}", src + branch)
+            if m.has(src + "branch1_w"):
+                m.put(f"{dst}.shortcut.kernel", _conv(m.get(src + "branch1_w")))
+                affine(f"{dst}.shortcut_norm", src + "branch1")
+    m.used.update(k for k in sd if k.startswith("fc1000_"))  # the ImageNet classifier
+    profile = {k.removeprefix("model."): v for k, v in DETECTRON2_NUMERICS.items()
+               if k.startswith(("model.input.", "model.backbone."))}  # fmt: skip
+    return m, _model_config({"backbone.depth": depth, "backbone.width": sd["conv1_w"].shape[0], **profile})
 
 
 def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
@@ -504,31 +544,31 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
     # Older checkpoints also hold the model's buffers: the pixel profile (used
     # below) and the cell anchors (recomputed from the config).
     m.used.update(k for k in sd if k.startswith("proposal_generator.anchor_generator."))
-    pixel_mean, pixel_std = (103.530, 116.280, 123.675), (1.0, 1.0, 1.0)
+    profile = {k.removeprefix("model."): v for k, v in DETECTRON2_NUMERICS.items()}
     if m.has("pixel_mean") and m.has("pixel_std"):
-        pixel_mean = tuple(float(v) for v in m.get("pixel_mean").reshape(-1))
-        pixel_std = tuple(float(v) for v in m.get("pixel_std").reshape(-1))
-    # Detectron2's numerics: MSRA ResNet (stride in 1x1), BGR input with mean
-    # subtraction only, RoIAlignV2 (aligned), L1 box losses, exact anchors, 1000
-    # post-NMS proposals per image in training (Detectron2 Base-RCNN-FPN.yaml).
+        profile["input.pixel_mean"] = tuple(float(v) for v in m.get("pixel_mean").reshape(-1))
+        profile["input.pixel_std"] = tuple(float(v) for v in m.get("pixel_std").reshape(-1))
+    # Detectron2's numerics (config.DETECTRON2_NUMERICS), the pixel profile
+    # read from the file where it has one.
     cfg = _model_config({
         "num_classes": k,
         "backbone.depth": depth,
+        "backbone.width": sd[bu + "stem.conv1.weight"].shape[0],
         "fpn.channels": fpn_channels,
         "box_head.dim": sd["roi_heads.box_head.fc2.weight"].shape[0],
         "masks": masks,
-        **({"mask_head.convs": n_convs} if masks else {}),
-        "backbone.stride_in_1x1": True,
-        "anchors.torchvision_grid": False,
-        "roi_align.aligned": True,
-        "rpn.smooth_l1_beta": 0.0,
-        "box_head.smooth_l1_beta": 0.0,
-        "rpn.post_nms_topk.train": 1000,
-        "input.pixel_order": "bgr",
-        "input.pixel_mean": pixel_mean,
-        "input.pixel_std": pixel_std,
+        **({"mask_head.convs": n_convs,
+            "mask_head.dim": sd["roi_heads.mask_head.mask_fcn1.weight"].shape[0]} if masks else {}),
+        **profile,
     })
     return m, cfg
+
+
+# What a backbone's weights fix about the model besides its shapes: arrays of the
+# same shapes mean another network under another stride convention, norm or
+# pixel profile (`mrcli train --init-from` checks these, with model.input.*).
+BACKBONE_PROFILE = ("model.backbone.depth", "model.backbone.width", "model.backbone.stride_in_1x1",
+                    "model.backbone.norm")  # fmt: skip
 
 
 def _model_config(fields: dict[str, Any]) -> ModelConfig:
@@ -539,10 +579,25 @@ def _model_config(fields: dict[str, Any]) -> ModelConfig:
 # --- import -----------------------------------------------------------------------------
 
 
+def detect_source(sd: dict[str, np.ndarray]) -> Source | None:
+    """Which importer reads a state dict, from its names (None: neither)."""
+    if any(k.startswith("backbone.bottom_up.") for k in sd) or "conv1_w" in sd:
+        return "detectron2"
+    if any(k.startswith(("roi_heads.", "backbone.body.")) for k in sd) or "layer1.0.conv1.weight" in sd:
+        return "torchvision"
+    return None
+
+
 def convert(source: Source, path: str | Path, *, use_torch: bool | None = None):
-    """(pure state dict, ModelConfig, categories, partial) of a checkpoint file."""
+    """(pure state dict, ModelConfig, categories, partial) of a checkpoint file;
+    `source` "auto" recognises the format from the names in the file."""
     path = Path(path).expanduser()
     sd = _state_dict(load_file(path, use_torch=use_torch), path)
+    if source == "auto":
+        source = detect_source(sd) or "unknown"
+        if source == "unknown":
+            raise UserError(f"{path}: not a torchvision or Detectron2 Mask/Faster R-CNN or ResNet "
+                            "checkpoint (none of their parameter names)")  # fmt: skip
     if source == "torchvision":
         if any(k.startswith("roi_heads.") for k in sd):
             m, cfg = _torchvision_detector(sd, path)
@@ -557,11 +612,16 @@ def convert(source: Source, path: str | Path, *, use_torch: bool | None = None):
                 "torchvision ResNet (layer1.0.conv1.weight)"
             )
     elif source == "detectron2":
-        if not any(k.startswith("backbone.bottom_up.") for k in sd):
-            raise UserError(f"{path}: not a Detectron2 R-CNN checkpoint (no backbone.bottom_up.*)")
-        m, cfg = _detectron2_detector(sd, path)
-        categories = coco_categories("rank") if cfg.num_classes == 80 else None
-        partial = False
+        if any(k.startswith("backbone.bottom_up.") for k in sd):
+            m, cfg = _detectron2_detector(sd, path)
+            categories = coco_categories("rank") if cfg.num_classes == 80 else None
+            partial = False
+        elif "conv1_w" in sd and "res2_0_branch2a_w" in sd:
+            m, cfg = _msra_backbone(sd, path)
+            categories, partial = None, True
+        else:
+            raise UserError(f"{path}: not a Detectron2 checkpoint: neither an R-CNN (backbone.bottom_up.*) "
+                            "nor an MSRA ImageNet ResNet in Caffe2 names (conv1_w, res2_0_branch2a_w)")  # fmt: skip
     else:
         raise UserError(f"unknown weights source {source!r}: use torchvision or detectron2")
     leftover = sorted(k for k in sd if k not in m.used)
@@ -587,10 +647,10 @@ def import_weights(
     numerics) on top of `base` (default: the defaults). Returns a summary."""
     state, mcfg, categories, partial = convert(source, path, use_torch=use_torch)
     base = base or Config()
-    if partial:  # a backbone: only its depth is known
-        cfg = override(base, {"model.backbone.depth": mcfg.backbone.depth})
-    else:
-        cfg = override(base, flatten({"model": to_dict(mcfg)}))
+    fields = flatten({"model": to_dict(mcfg)})
+    if partial:  # a backbone: its depth, stride convention and pixel profile
+        fields = {k: v for k, v in fields.items() if k in BACKBONE_PROFILE or k.startswith("model.input.")}
+    cfg = override(base, fields)
     _check_fits(state, cfg.model, partial, Path(path))
     written = checkpoints.save(
         out, state, cfg, categories, partial=partial,
