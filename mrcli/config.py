@@ -147,6 +147,13 @@ class RPNConfig:
     pre_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
     post_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
     nms_threshold: float = 0.7
+    # NMS algorithm of the per-level proposals, all exactly the greedy result
+    # (mrcli/ops/nms.py): "greedy" (a loop of up to post_nms_topk dependent
+    # steps, fastest on a CPU), "blocked" (tiles resolved in a few fixed-point
+    # iterations: 2 loop steps per 512 boxes plus ~1-4 iterations each, for
+    # accelerators, where each loop step costs kernel launches), or "auto":
+    # greedy when compiled for a CPU, blocked for GPU/TPU.
+    nms: Literal["auto", "greedy", "blocked"] = "auto"
     # Proposals with a side shorter than this (pixels) are never kept.
     min_size: float = 1e-3
     # Matching and sampling of anchors (Faster R-CNN §3.1.2).
@@ -208,6 +215,10 @@ class InferenceConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
+    # Per-class NMS algorithm of the detections, as model.rpn.nms ("auto":
+    # greedy, a loop of detections_per_image steps, when compiled for a CPU;
+    # blocked for GPU/TPU; all exactly the greedy result).
+    nms: Literal["auto", "greedy", "blocked"] = "auto"
     # (RoI, class) candidates above score_threshold, best first, that enter the
     # per-class NMS (static shape). torchvision keeps all of them; the result is
     # the same whenever detections_per_image survive NMS among these (greedy NMS
