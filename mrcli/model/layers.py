@@ -197,7 +197,13 @@ class FrozenBN(nnx.Module):
         self.bias = Constant(jnp.zeros((features,), jnp.float32))
 
     def __call__(self, x: Array) -> Array:  # [B,H,W,C]
-        return x * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+        # In float32 whatever x's dtype, as torchvision's FrozenBatchNorm2d under
+        # autocast (float32 constants promote it): in bfloat16 the rounded scale
+        # and bias add two roundings per layer, which moved the R50-FPN features
+        # on the parity photo 1.2x further from float32 than torchvision's
+        # autocast (benchmarks/bfloat16.py). Elementwise, so it fuses on GPU.
+        y = x.astype(jnp.float32) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
 
 
 def group_norm_groups(features: int) -> int:
