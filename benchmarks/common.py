@@ -12,6 +12,20 @@ from typing import Callable
 import numpy as np
 
 
+# The tiny recipe smaller still (64 px images, few RoIs, a narrow mask head):
+# compiles in seconds on a CPU. The tests (tests/test_train.py) and the GPU
+# suite's --tiny mode run it.
+MICRO_SETS = [
+    "data.image_size=64", "data.max_size=64", "data.max_instances=8", "data.mask_crop_size=28",
+    "model.backbone.width=8", "model.fpn.channels=16", "model.anchors.sizes=8,16,32,64,128",
+    "model.rpn.pre_nms_topk.train=64", "model.rpn.post_nms_topk.train=32",
+    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
+    "model.rpn.batch_per_image=32", "model.roi_heads.batch_per_image=16", "model.mask_head.fg_slots=4",
+    "model.box_head.dim=32", "model.mask_head.dim=8", "model.mask_head.convs=1",
+    "model.inference.detections_per_image=8",
+]  # fmt: skip
+
+
 def synthetic_batch(b: int, h: int, w: int, *, n: int = 100, objects: int = 10, g: int = 112,
                     num_classes: int = 80, seed: int = 0) -> dict[str, np.ndarray]:
     """A training batch in the data pipeline's format (mrcli.data.pipeline): `objects`

@@ -81,16 +81,6 @@ CASES: dict[str, tuple[int, bool]] = {
 }
 GPU_SIZE = (800, 1344)
 TINY_SIZE = (64, 64)
-# The tiny recipe made smaller still for --tiny (compiles in seconds on a CPU).
-TINY_SETS = [
-    "data.image_size=64", "data.max_size=64", "data.max_instances=8", "data.mask_crop_size=28",
-    "model.backbone.width=8", "model.fpn.channels=16", "model.anchors.sizes=8,16,32,64,128",
-    "model.rpn.pre_nms_topk.train=64", "model.rpn.post_nms_topk.train=32",
-    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
-    "model.rpn.batch_per_image=32", "model.roi_heads.batch_per_image=16", "model.mask_head.fg_slots=4",
-    "model.box_head.dim=32", "model.mask_head.dim=8", "model.mask_head.convs=1",
-    "model.inference.detections_per_image=8",
-]  # fmt: skip
 
 
 def _bench_module(name: str):
@@ -142,7 +132,7 @@ class Case:
         if self.tiny:
             # One small stand-in for both depths: the cases compile it once and
             # load it from the compilation cache after that.
-            return config_lib.resolve("tiny", [*TINY_SETS, "data.num_workers=0", *common])
+            return config_lib.resolve("tiny", [*_bench_module("common").MICRO_SETS, "data.num_workers=0", *common])
         recipe = "r50_fpn_1x" if depth == 50 else "r101_fpn"
         return config_lib.resolve(recipe, common)
 

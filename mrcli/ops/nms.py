@@ -335,15 +335,30 @@ def batched_nms_blocked(
 ) -> tuple[Array, Array]:
     """`batched_nms` in the blocked form: the same arguments (plus `tile`, as
     `nms_blocked`) and exactly the same result."""
-    if classes.shape != scores.shape:
-        raise ValueError(f"classes must be [N] like scores, got {classes.shape} and {scores.shape}")
     indices, ok, _ = _blocked(boxes, scores, classes, iou_threshold, max_output, valid, tile)
     return indices, ok
 
 
-def _per_platform(greedy, blocked, *arrays):
-    """greedy(*arrays) when lowered for a CPU, blocked(*arrays) for any other platform."""
-    return lax.platform_dependent(*arrays, cpu=greedy, default=blocked)
+def _auto(
+    boxes: Array,  # [N, 4] float xyxy
+    scores: Array,  # [N] float
+    classes: Array | None,  # [N] int, or None for class-agnostic
+    iou_threshold: float | Array,
+    max_output: int,
+    valid: Array | None,  # [N] bool, or None
+) -> tuple[Array, Array]:
+    """The greedy loop when lowered for a CPU, the blocked form for any other platform."""
+    valid = jnp.ones(scores.shape, bool) if valid is None else valid
+    extra = () if classes is None else (classes,)
+
+    def greedy(b, s, t, v, *c):
+        return _greedy(b, s, c[0] if c else None, t, max_output, v)
+
+    def blocked(b, s, t, v, *c):
+        return _blocked(b, s, c[0] if c else None, t, max_output, v, DEFAULT_TILE)[:2]
+
+    thr = jnp.asarray(iou_threshold, jnp.float32)
+    return lax.platform_dependent(boxes, scores, thr, valid, *extra, cpu=greedy, default=blocked)
 
 
 def nms_auto(
@@ -355,12 +370,7 @@ def nms_auto(
 ) -> tuple[Array, Array]:
     """`nms` on a CPU, `nms_blocked` elsewhere (module docstring); the same
     arguments and result."""
-    valid = jnp.ones(scores.shape, bool) if valid is None else valid
-    return _per_platform(
-        lambda b, s, t, v: nms(b, s, t, max_output, v),
-        lambda b, s, t, v: nms_blocked(b, s, t, max_output, v),
-        boxes, scores, jnp.asarray(iou_threshold, jnp.float32), valid,
-    )
+    return _auto(boxes, scores, None, iou_threshold, max_output, valid)
 
 
 def batched_nms_auto(
@@ -373,12 +383,9 @@ def batched_nms_auto(
 ) -> tuple[Array, Array]:
     """`batched_nms` on a CPU, `batched_nms_blocked` elsewhere; the same
     arguments and result."""
-    valid = jnp.ones(scores.shape, bool) if valid is None else valid
-    return _per_platform(
-        lambda b, s, c, t, v: batched_nms(b, s, c, t, max_output, v),
-        lambda b, s, c, t, v: batched_nms_blocked(b, s, c, t, max_output, v),
-        boxes, scores, classes, jnp.asarray(iou_threshold, jnp.float32), valid,
-    )
+    if classes.shape != scores.shape:
+        raise ValueError(f"classes must be [N] like scores, got {classes.shape} and {scores.shape}")
+    return _auto(boxes, scores, classes, iou_threshold, max_output, valid)
 
 
 def _check_algorithm(algorithm: str) -> None:
