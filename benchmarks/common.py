@@ -12,6 +12,20 @@ from typing import Callable
 import numpy as np
 
 
+# The tiny recipe smaller still (64 px images, few RoIs, a narrow mask head):
+# compiles in seconds on a CPU. The tests (tests/test_train.py) and the GPU
+# suite's --tiny mode run it.
+MICRO_SETS = [
+    "data.image_size=64", "data.max_size=64", "data.max_instances=8", "data.mask_crop_size=28",
+    "model.backbone.width=8", "model.fpn.channels=16", "model.anchors.sizes=8,16,32,64,128",
+    "model.rpn.pre_nms_topk.train=64", "model.rpn.post_nms_topk.train=32",
+    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
+    "model.rpn.batch_per_image=32", "model.roi_heads.batch_per_image=16", "model.mask_head.fg_slots=4",
+    "model.box_head.dim=32", "model.mask_head.dim=8", "model.mask_head.convs=1",
+    "model.inference.detections_per_image=8",
+]  # fmt: skip
+
+
 def synthetic_batch(b: int, h: int, w: int, *, n: int = 100, objects: int = 10, g: int = 112,
                     num_classes: int = 80, seed: int = 0) -> dict[str, np.ndarray]:
     """A training batch in the data pipeline's format (mrcli.data.pipeline): `objects`
@@ -36,7 +50,30 @@ def synthetic_batch(b: int, h: int, w: int, *, n: int = 100, objects: int = 10, 
         "gt_masks": np.where(valid[:, :, None, None], ellipse, 0).astype(np.uint8),
         "gt_valid": valid,
         "gt_crowd": np.zeros((b, n), bool),
+        # As the pipeline's batches have them, so that a step compiled for these
+        # is the program the train loop runs (and a compilation cache shares it).
+        "image_id": np.arange(1, b + 1, dtype=np.int64),
+        "is_padding": np.zeros((b,), bool),
     }
+
+
+def proposal_like_boxes(n: int, seed: int, image: tuple[int, int] = (800, 1344),
+                        objects: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """RPN-like NMS input: boxes [n, 4] float32 xyxy jittered around `objects`
+    object boxes, scores [n] float32 falling away from each object's box, so
+    that suppression chains form as among real proposals (tests/test_nms.py,
+    benchmarks/nms.py)."""
+    rng = np.random.default_rng(seed)
+    h, w = image
+    centres = rng.uniform(0, 1, (objects, 2)) * (w, h)
+    sides = np.exp(rng.uniform(np.log(16), np.log(400), (objects, 2)))
+    k = rng.integers(0, objects, n)
+    jitter = rng.normal(0, 0.15, (n, 4)) * np.tile(sides[k], 2)
+    xy = centres[k] - sides[k] / 2
+    b = np.concatenate([xy, xy + sides[k]], 1) + jitter
+    b = np.clip(np.sort(b.reshape(n, 2, 2), axis=1).reshape(n, 4), 0, (w, h, w, h))
+    s = np.exp(-np.abs(jitter).sum(1) / sides[k].sum(1) * 4) * rng.uniform(0.5, 1, n)
+    return b.astype(np.float32), s.astype(np.float32)
 
 
 def median_time(fn: Callable[[], object], steps: int, warmup: bool = True) -> float:
@@ -59,9 +96,10 @@ def torchvision():
     return torchvision_ref.load()
 
 
-def torchvision_maskrcnn(depth: int, h: int, w: int, num_classes: int = 91):
+def torchvision_maskrcnn(depth: int, h: int, w: int, num_classes: int = 91, **kwargs):
     """torchvision's MaskRCNN + resnet_fpn_backbone with FrozenBatchNorm2d and the
-    stem + res2 frozen (trainable_layers=3): the architecture of mrcli's R50/R101-FPN."""
+    stem + res2 frozen (trainable_layers=3): the architecture of mrcli's R50/R101-FPN.
+    `kwargs` go to MaskRCNN (e.g. rpn_post_nms_top_n_test for a smaller smoke run)."""
     import torch
 
     torchvision()
@@ -72,7 +110,7 @@ def torchvision_maskrcnn(depth: int, h: int, w: int, num_classes: int = 91):
     torch.manual_seed(0)
     backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None,
                                    norm_layer=FrozenBatchNorm2d, trainable_layers=3)  # fmt: skip
-    return MaskRCNN(backbone, num_classes=num_classes, min_size=min(h, w), max_size=max(h, w))
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=min(h, w), max_size=max(h, w), **kwargs)
 
 
 def torchvision_inputs(data: dict[str, np.ndarray], device: str = "cpu"):

@@ -21,7 +21,9 @@ on the same machine with torch's own thread pool. On a CPU-only torch it goes
 through tests/torchvision_ref.py: NMS is a pure-torch greedy loop and RoIAlign
 torchvision's Python fallback (torch.compile'd on first use; that is its
 "compile" column), not the compiled kernels a CUDA build has, so its CPU
-numbers are a lower bound on what compiled kernels would give.
+numbers are a lower bound on what compiled kernels would give. PyPI's
+default (CUDA) builds of torch and torchvision load their compiled CPU
+kernels without a GPU (BENCHMARKS.md: the CPU peer rows).
 
 Not a test: nothing is asserted. The numbers go into BENCHMARKS.md.
 """
@@ -44,22 +46,27 @@ H, W = 800, 1344
 DEPTHS = {"r50": 50, "r101": 101}
 
 
-def _synthetic_batch(b: int):
-    return synthetic_batch(b, H, W)
-
-
 def bench_mrcli(depth: int, batch: int, steps: int, dtype: str) -> dict:
     """The compiled detect that eval and predict run (mrcli.inference.Predictor), on
     one device; the first call compiles."""
-    from mrcli import model, parallel
     from mrcli.config import Config, override
-    from mrcli.inference import Predictor
 
     cfg = override(Config(), {"model.backbone.depth": depth, "model.num_classes": 90,
-                              "model.dtype": dtype, "eval.batch_size": batch})  # fmt: skip
+                              "model.dtype": dtype})  # fmt: skip
+    return bench_detect(cfg, batch, (H, W), steps)
+
+
+def bench_detect(cfg, batch: int, size: tuple[int, int], steps: int) -> dict:
+    """Model.detect of `cfg`'s model through a Predictor on one device, at `batch`
+    images of `size`: compile_s (the first call), step_s (median), images_per_s."""
+    from mrcli import model, parallel
+    from mrcli.config import override
+    from mrcli.inference import Predictor
+
+    cfg = override(cfg, {"eval.batch_size": batch})
     m, state = model.create(cfg.model, seed=0)
     predictor = Predictor(m, state, cfg, mesh=parallel.make_mesh(jax.devices()[:1]))
-    data = _synthetic_batch(batch)
+    data = synthetic_batch(batch, *size, num_classes=cfg.model.num_classes)
 
     def run():
         jax.block_until_ready(predictor.dispatch(data["image"], data["image_info"]))
@@ -71,16 +78,22 @@ def bench_mrcli(depth: int, batch: int, steps: int, dtype: str) -> dict:
     return {"compile_s": first_s, "step_s": step_s, "images_per_s": batch / step_s}
 
 
-def bench_torchvision(depth: int, batch: int, steps: int) -> dict:
+def bench_torchvision(depth: int, batch: int, steps: int, size: tuple[int, int] = (H, W), **model_kwargs) -> dict:
+    """torchvision's model in eval mode on `batch` images of `size` (on CUDA where
+    torch has it, else the CPU), synchronised before the clock stops; `model_kwargs`
+    go to its MaskRCNN."""
     import torch
 
-    net = torchvision_maskrcnn(depth, H, W)
-    images, _ = torchvision_inputs(_synthetic_batch(batch))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = torchvision_maskrcnn(depth, *size, **model_kwargs).to(device)
+    images, _ = torchvision_inputs(synthetic_batch(batch, *size), device)
     net.eval()
 
     def run():
         with torch.no_grad():
             net(images)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     t = time.perf_counter()
     run()  # first call: torch.compile of the RoIAlign fallback, allocator warm-up

@@ -1,17 +1,24 @@
-"""NMS compile and run time: mrcli.ops.nms vs alternatives vs torchvision.
+"""NMS compile and run time: mrcli's greedy loop and its blocked form vs torchvision.
 
     python benchmarks/nms.py [--sizes 1000 4000 20000] [--max-output 1000] [--reps 5]
+    python benchmarks/nms.py --boxes clustered --sizes 2000 --max-output 2000
+    python benchmarks/nms.py --alternatives          # also the unsorted-argmax loop
 
-Inputs: N random boxes (corners uniform over a 1333 x 800 image, sides 8..256
-pixels) with uniform random scores, so that boxes overlap as RPN proposals do
-and the kept set fills max_output at N >= 4000. For each N it prints the time
-of the first call (trace + compile + run) and the best of `reps` later calls,
-for: mrcli's `nms` (one image), the same vmapped over a batch of 2, the two
-alternative exact algorithms the module docstring discusses, and
-torchvision's `nms` on the same input (whatever `tests/torchvision_ref.load()`
-gives: the compiled kernel where it loads, else a plain-torch greedy loop).
-It checks that every variant returns exactly torchvision's first max_output
-indices.
+Inputs (`--boxes`): "uniform", N random boxes (corners uniform over a 1333 x
+800 image, sides 8..256 pixels) with uniform random scores, so that boxes
+overlap as RPN proposals do and the kept set fills max_output at N >= 4000;
+or "clustered", boxes jittered around 40 objects with scores falling away
+from each object's box (common.proposal_like_boxes), where chains of
+suppression are longer. For each N it prints the time of the first call
+(trace + compile + run) and the best of `reps` later calls, for: mrcli's
+`nms` (one image), the same vmapped over a batch of 2, `nms_blocked` with
+tiles of 256 / 512 / 1024 / one tile of N (N <= 4096; with its fixed-point iterations
+summed over the tiles: the data-dependent part of its sequential steps), the
+blocked form vmapped, and torchvision's `nms` on the same input (whatever
+`tests/torchvision_ref.load()` gives: the compiled kernel where it loads,
+else a plain-torch greedy loop). It checks that every variant returns
+exactly torchvision's first max_output indices, or the greedy loop's where
+torchvision is absent.
 """
 
 from __future__ import annotations
@@ -27,10 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from mrcli.ops import boxes as box_ops  # noqa: E402
-from mrcli.ops.nms import nms  # noqa: E402
+from common import proposal_like_boxes  # noqa: E402
+
+from mrcli.ops import nms as nms_ops  # noqa: E402
+from mrcli.ops.nms import nms, nms_blocked  # noqa: E402
+
+TILES = (256, 512, 1024, 0)  # 0: one tile of N boxes
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -58,43 +70,16 @@ def nms_unsorted_argmax(boxes, scores, thr, max_output):
     return idx, val
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def nms_blocked(boxes, scores, thr, max_output, tile=256):
-    """Alternative 3: sorted tiles; tile x kept-buffer IoU at once, greedy within the tile."""
-    n = boxes.shape[0]
-    cand = scores > -jnp.inf
-    key = jnp.where(cand, -scores, jnp.inf)
-    _, order = lax.sort((key, jnp.arange(n, dtype=jnp.int32)), num_keys=1, is_stable=True)
-    nb = -(-n // tile)
-    pad = nb * tile - n
-    b = jnp.pad(boxes[order], ((0, pad), (0, 0))).reshape(nb, tile, 4)
-    c = jnp.pad(cand[order], (0, pad)).reshape(nb, tile)
-    o = jnp.pad(order, (0, pad)).reshape(nb, tile)
-    later = jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]
-
-    def block(carry, xs):
-        kept_boxes, idx, count = carry
-        bb, cc, oo = xs
-        cc = cc & ~jnp.any(box_ops.iou(bb, kept_boxes) > thr, axis=1)
-        m = (box_ops.iou(bb, bb) > thr) & later
-        cc = lax.fori_loop(0, tile, lambda i, cc: cc & ~(cc[i] & m[i]), cc)
-        pos = jnp.where(cc, count + jnp.cumsum(cc) - 1, max_output)
-        kept_boxes = kept_boxes.at[pos].set(bb, mode="drop")
-        idx = idx.at[pos].set(oo, mode="drop")
-        return (kept_boxes, idx, count + jnp.sum(cc)), None
-
-    init = (jnp.zeros((max_output, 4), boxes.dtype), jnp.zeros(max_output, jnp.int32), jnp.int32(0))
-    (_, idx, count), _ = lax.scan(block, init, (b, c, o))
-    val = jnp.arange(max_output) < count
-    return jnp.where(val, idx, 0), val
-
-
-def make_input(n, seed):
+def uniform_boxes(n, seed):
     rng = np.random.default_rng(seed)
     wh = rng.uniform(8, 256, (n, 2))
     xy = rng.uniform(0, 1, (n, 2)) * (np.array([1333.0, 800.0]) - wh)
     boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     return boxes, rng.random(n).astype(np.float32)
+
+
+def make_input(kind, n, seed):
+    return proposal_like_boxes(n, seed) if kind == "clustered" else uniform_boxes(n, seed)
 
 
 def timed(fn, reps):
@@ -109,60 +94,96 @@ def timed(fn, reps):
     return first, min(runs), out
 
 
+def _blocked_with_iterations(tile):
+    """nms_blocked that also returns its fixed-point iterations (summed over tiles)."""
+    def run(b, s, thr, d):
+        return nms_ops._blocked(b, s, None, thr, d, None, tile or b.shape[0])
+
+    return jax.jit(run, static_argnums=3)
+
+
+def measure(sizes=(1000, 4000, 20000), max_output=1000, threshold=0.7, reps=5, boxes="uniform",
+            tiles=TILES, alternatives=False, torchvision=True, log=None) -> list[dict]:
+    """Rows {n, impl, first_ms, run_ms, kept, iterations}; raises if a variant's
+    indices differ from the reference (torchvision's, else the greedy loop's)."""
+    tv = None
+    if torchvision:
+        import torchvision_ref
+
+        tv = torchvision_ref.load()
+    d, thr = max_output, threshold
+    rows = []
+    for n in sizes:
+        b, s = make_input(boxes, n, 0)
+        b1, s1 = make_input(boxes, n, 1)
+        b2, s2 = np.stack([b, b1]), np.stack([s, s1])
+        want = None
+        if tv is not None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            tb, ts = torch.from_numpy(b).to(device), torch.from_numpy(s).to(device)
+
+            def tv_nms():
+                keep = tv.ops.nms(tb, ts, thr)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return keep
+
+            first, run, keep = timed(tv_nms, max(1, min(reps, 3)))
+            want = keep[:d].cpu().numpy()
+            rows.append({"n": n, "impl": f"torchvision.ops.nms ({device})", "first_ms": first * 1e3,
+                         "run_ms": run * 1e3, "kept": len(want), "iterations": None})  # fmt: skip
+
+        variants = [
+            ("mrcli nms (greedy)", jax.jit(nms, static_argnums=3), (b, s, thr, d), False),
+            ("mrcli nms, vmap B=2", jax.jit(jax.vmap(lambda b, s: nms(b, s, thr, d))), (b2, s2), True),
+        ]
+        for tile in tiles:
+            if not tile and n > 4096:
+                continue  # one N x N tile: 35 s to compile and 0.6 s a call at N = 20000 on the CPU
+            name = f"nms_blocked tile {tile or n}" + (" (one tile)" if not tile else "")
+            variants.append((name, _blocked_with_iterations(tile), (b, s, thr, d), False))
+        variants.append(("nms_blocked 512, vmap B=2",
+                         jax.jit(jax.vmap(lambda b, s: nms_blocked(b, s, thr, d))), (b2, s2), True))  # fmt: skip
+        if alternatives:
+            variants.append(("alt: unsorted argmax", nms_unsorted_argmax, (b, s, thr, d), False))
+        for name, fn, fargs, batched in variants:
+            first, run, out = timed(lambda: fn(*fargs), reps)  # noqa: B023
+            idx, ok = np.asarray(out[0]), np.asarray(out[1])
+            iterations = int(np.sum(out[2])) if len(out) == 3 else None
+            if batched:
+                idx, ok = idx[0], ok[0]
+            if want is None:
+                want = idx[ok]
+            if not np.array_equal(idx[ok], want):
+                raise SystemExit(f"{name} at N={n}: result differs from the reference")
+            rows.append({"n": n, "impl": name, "first_ms": first * 1e3, "run_ms": run * 1e3,
+                         "kept": int(ok.sum()), "iterations": iterations})  # fmt: skip
+        if log:
+            log(f"  N={n} done")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 20000])
     ap.add_argument("--max-output", type=int, default=1000)
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--no-alternatives", action="store_true", help="skip the alternative algorithms")
+    ap.add_argument("--boxes", choices=["uniform", "clustered"], default="uniform")
+    ap.add_argument("--alternatives", action="store_true", help="also the unsorted-argmax loop")
     args = ap.parse_args(argv)
-
-    import torchvision_ref
-
-    tv = torchvision_ref.load()
-    torch = None
-    if tv is not None:
-        import torch
-    d, thr = args.max_output, args.threshold
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
-          f"max_output {d}, IoU threshold {thr}; times in ms (first call = trace + compile + run)")
-    rows = []
-    for n in args.sizes:
-        b, s = make_input(n, 0)
-        b2 = np.stack([b, make_input(n, 1)[0]])
-        s2 = np.stack([s, make_input(n, 1)[1]])
-        want = None
-        if tv is not None:
-            tb, ts = torch.from_numpy(b), torch.from_numpy(s)
-            first, run, keep = timed(lambda: tv.ops.nms(tb, ts, thr), max(1, min(args.reps, 3)))
-            want = keep[:d].numpy()
-            rows.append((n, "torchvision.ops.nms", first, run, len(want)))
-
-        variants = [
-            ("mrcli nms (sorted)", jax.jit(nms, static_argnums=3), (b, s, thr, d), False),
-            ("mrcli nms, vmap B=2", jax.jit(jax.vmap(lambda b, s: nms(b, s, thr, d))), (b2, s2), True),
-        ]
-        if not args.no_alternatives:
-            variants += [
-                ("alt: unsorted argmax", nms_unsorted_argmax, (b, s, thr, d), False),
-                ("alt: blocked tiles 256", nms_blocked, (b, s, thr, d), False),
-            ]
-        for name, fn, fargs, batched in variants:
-            first, run, (idx, ok) = timed(lambda: fn(*fargs), args.reps)
-            idx, ok = np.asarray(idx), np.asarray(ok)
-            if batched:
-                idx, ok = idx[0], ok[0]
-            if want is not None and not np.array_equal(idx[ok], want):
-                raise SystemExit(f"{name} at N={n}: result differs from torchvision")
-            rows.append((n, name, first, run, int(ok.sum())))
-        print(f"  N={n} done", file=sys.stderr, flush=True)
-
-    print(f"\n{'N':>6}  {'implementation':<24} {'first call':>10} {'run':>9} {'kept':>5}")
-    for n, name, first, run, kept in rows:
-        print(f"{n:>6}  {name:<24} {first * 1e3:>10.1f} {run * 1e3:>9.2f} {kept:>5}")
-    if want is not None:
-        print("\nall variants returned exactly torchvision's kept indices, in order")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; {args.boxes} "
+          f"boxes, max_output {args.max_output}, IoU threshold {args.threshold}; times in ms "
+          f"(first call = trace + compile + run)")  # fmt: skip
+    rows = measure(args.sizes, args.max_output, args.threshold, args.reps, args.boxes,
+                   alternatives=args.alternatives, log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+    print(f"\n{'N':>6}  {'implementation':<30} {'first call':>10} {'run':>9} {'kept':>5} {'iterations':>10}")
+    for r in rows:
+        it = "" if r["iterations"] is None else r["iterations"]
+        print(f"{r['n']:>6}  {r['impl']:<30} {r['first_ms']:>10.1f} {r['run_ms']:>9.2f} {r['kept']:>5} {it:>10}")
+    print("\nall variants returned exactly the reference's kept indices, in order")
 
 
 if __name__ == "__main__":

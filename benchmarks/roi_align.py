@@ -163,6 +163,70 @@ def bench(fn, *args, repeat):
     return best * 1e3, first, out
 
 
+def measure(rois=512, channels=256, image=(800, 1344), sizes=(7, 14), sampling_ratio=2, repeat=5,
+            dense=False, log=print) -> list[dict]:
+    """Rows {variant, out, ms, first_s, max_diff} for the variants of the module
+    docstring on proposal-like boxes; max_diff is against mrcli's result."""
+    rng = np.random.default_rng(0)
+    image_h, image_w = image
+    features = [
+        jnp.asarray(rng.standard_normal((image_h >> lvl, image_w >> lvl, channels), np.float32))
+        for lvl in range(2, 6)
+    ]
+    # Proposal-like boxes: log-uniform sides 16..600 px, inside the image.
+    side = np.exp(rng.uniform(np.log(16), np.log(600), (rois, 2)))
+    side = np.minimum(side, [image_w - 1, image_h - 1])
+    x1 = rng.uniform(0, image_w - side[:, 0])
+    y1 = rng.uniform(0, image_h - side[:, 1])
+    boxes = jnp.asarray(np.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], 1), jnp.float32)
+    levels = np.bincount(np.asarray(ra.assign_levels(boxes)) - 2, minlength=4)
+    log(
+        f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), R={rois}, C={channels}, "
+        f"levels {[tuple(f.shape[:2]) for f in features]}, boxes per level P2..P5 {levels.tolist()}, "
+        f"sampling ratio {sampling_ratio}"
+    )
+    rows = []
+    ms, _, _ = bench(concat_only, features, repeat=repeat)
+    log(f"  concatenating the levels alone: {ms:.1f} ms")
+    rows.append({"variant": "concatenate levels only", "out": None, "ms": ms, "first_s": None, "max_diff": None})
+    s = sampling_ratio
+    for n in sizes:
+        ref = None
+        variants = [
+            ("mrcli", mrcli_ml),
+            ("concat+taps", concat_taps),
+            ("gather+sum", gather_then_reduce),
+            ("einsum", two_einsums),
+        ]
+        for name, fn in variants:
+            ms, first, out = bench(fn, features, boxes, n, s, repeat=repeat)
+            if ref is None:
+                ref = out
+            err = float(jnp.max(jnp.abs(out - ref)))
+            rows.append({"variant": name, "out": n, "ms": ms, "first_s": first, "max_diff": err})
+            log(f"  out={n:2d}  {name:12s} {ms:8.1f} ms   (first call {first:5.1f} s, max |diff| {err:.1e})")
+        ct = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+        grads = None
+        for name, fn in (("mrcli fwd+bwd", mrcli_fwd_bwd), ("autodiff f+b", autodiff_fwd_bwd)):
+            ms, first, (_, (g,)) = bench(fn, features, boxes, ct, n, s, repeat=repeat)
+            grads = g if grads is None else grads
+            err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(g, grads))
+            rows.append({"variant": name, "out": n, "ms": ms, "first_s": first, "max_diff": err})
+            log(f"  out={n:2d}  {name:13s}{ms:8.1f} ms   (first call {first:5.1f} s, max |diff| {err:.1e})")
+        if dense:
+            p3 = features[1]
+            ms, first, out = bench(dense_single_level, p3, boxes, n, s, repeat=min(repeat, 2))
+            single = jax.jit(lambda f, b: ra.roi_align(f, b, n, 0.125, s))  # noqa: B023
+            ms_g, _, gathered = bench(single, p3, boxes, repeat=repeat)
+            err = float(jnp.max(jnp.abs(out - gathered)))
+            rows.append({"variant": "dense on P3", "out": n, "ms": ms, "first_s": first, "max_diff": err})
+            rows.append({"variant": "gather on P3", "out": n, "ms": ms_g, "first_s": None, "max_diff": None})
+            log(
+                f"  out={n:2d}  dense on P3 {ms:8.1f} ms   vs gather on P3 {ms_g:.1f} ms (max |diff| {err:.1e})"
+            )
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rois", type=int, default=512)
@@ -178,58 +242,8 @@ def main():
     if args.masks:
         bench_masks(args)
         return
-
-    rng = np.random.default_rng(0)
-    image_h, image_w = args.image
-    features = [
-        jnp.asarray(rng.standard_normal((image_h >> lvl, image_w >> lvl, args.channels), np.float32))
-        for lvl in range(2, 6)
-    ]
-    # Proposal-like boxes: log-uniform sides 16..600 px, inside the image.
-    side = np.exp(rng.uniform(np.log(16), np.log(600), (args.rois, 2)))
-    side = np.minimum(side, [image_w - 1, image_h - 1])
-    x1 = rng.uniform(0, image_w - side[:, 0])
-    y1 = rng.uniform(0, image_h - side[:, 1])
-    boxes = jnp.asarray(np.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], 1), jnp.float32)
-    levels = np.bincount(np.asarray(ra.assign_levels(boxes)) - 2, minlength=4)
-    print(
-        f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), R={args.rois}, C={args.channels}, "
-        f"levels {[tuple(f.shape[:2]) for f in features]}, boxes per level P2..P5 {levels.tolist()}, "
-        f"sampling ratio {args.sampling_ratio}"
-    )
-    ms, _, _ = bench(concat_only, features, repeat=args.repeat)
-    print(f"  concatenating the levels alone: {ms:.1f} ms")
-    s = args.sampling_ratio
-    for n in args.sizes:
-        ref = None
-        variants = [
-            ("mrcli", mrcli_ml),
-            ("concat+taps", concat_taps),
-            ("gather+sum", gather_then_reduce),
-            ("einsum", two_einsums),
-        ]
-        for name, fn in variants:
-            ms, first, out = bench(fn, features, boxes, n, s, repeat=args.repeat)
-            if ref is None:
-                ref = out
-            err = float(jnp.max(jnp.abs(out - ref)))
-            print(f"  out={n:2d}  {name:12s} {ms:8.1f} ms   (first call {first:5.1f} s, max |diff| {err:.1e})")
-        ct = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
-        grads = None
-        for name, fn in (("mrcli fwd+bwd", mrcli_fwd_bwd), ("autodiff f+b", autodiff_fwd_bwd)):
-            ms, first, (_, (g,)) = bench(fn, features, boxes, ct, n, s, repeat=args.repeat)
-            grads = g if grads is None else grads
-            err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(g, grads))
-            print(f"  out={n:2d}  {name:13s}{ms:8.1f} ms   (first call {first:5.1f} s, max |diff| {err:.1e})")
-        if args.dense:
-            p3 = features[1]
-            ms, first, out = bench(dense_single_level, p3, boxes, n, s, repeat=min(args.repeat, 2))
-            single = jax.jit(lambda f, b: ra.roi_align(f, b, n, 0.125, s))  # noqa: B023
-            ms_g, _, gathered = bench(single, p3, boxes, repeat=args.repeat)
-            err = float(jnp.max(jnp.abs(out - gathered)))
-            print(
-                f"  out={n:2d}  dense on P3 {ms:8.1f} ms   vs gather on P3 {ms_g:.1f} ms (max |diff| {err:.1e})"
-            )
+    measure(args.rois, args.channels, tuple(args.image), tuple(args.sizes), args.sampling_ratio,
+            args.repeat, args.dense)  # fmt: skip
 
 
 def bench_masks(args):

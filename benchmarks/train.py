@@ -27,8 +27,10 @@ frozen, SGD) at the same batch and image size, under AMP (torch.autocast,
 float16) on CUDA, in float32 on a CPU. It needs torchvision's compiled
 kernels: on a CPU-only torch (tests/torchvision_ref.py) its Python RoIAlign
 fallback ran out of memory (24 GB) in training even at 256 x 256, batch 1,
-so the row reports that instead. Its first call (allocator warm-up, cuDNN
-autotuning) is the "compile" column.
+so the row reports that instead. On a CPU the kernels come with PyPI's
+default (CUDA) builds of torch and torchvision, whose compiled CPU kernels
+load without a GPU (BENCHMARKS.md says how to install them beside mrcli).
+Its first call (allocator warm-up, cuDNN autotuning) is the "compile" column.
 
 Static shapes make the cost independent of the content, so random weights and
 synthetic batches give the real step time. Not a test: nothing is asserted;
@@ -132,7 +134,8 @@ def bench_torchvision(depth: int, batch: int, h: int, w: int, steps: int, object
         # Measured on a 2-core, 24 GB machine: killed for memory at 512 x 512 and
         # at 256 x 256, batch 1 (24 GB resident).
         raise RuntimeError("not run: torchvision's compiled kernels are not loaded (CPU-only "
-                           "torch); its Python RoIAlign fallback runs out of memory in training")  # fmt: skip
+                           "torch); its Python RoIAlign fallback runs out of memory in training; "
+                           "PyPI's CUDA builds of torch and torchvision have them (BENCHMARKS.md)")  # fmt: skip
     net = torchvision_maskrcnn(depth, h, w).to(device).train()
     images, targets = torchvision_inputs(synthetic_batch(batch, h, w, objects=objects), device)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.02 * batch / 16,

@@ -159,6 +159,14 @@ class RPNConfig:
     pre_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
     post_nms_topk: TrainTest = TrainTest(train=2000, test=1000)
     nms_threshold: float = 0.7
+    # NMS algorithm of the per-level proposals, all exactly the greedy result
+    # (mrcli/ops/nms.py): "greedy" (a loop of post_nms_topk dependent steps,
+    # fastest on a CPU), "blocked" (tiles of 512 boxes, each resolved in a few
+    # fixed-point iterations: 14 / 22 dependent steps at test / train instead
+    # of 1000 / 2000 for R50-FPN on a photo, benchmarks/cost.py; for GPUs and
+    # TPUs, where each step costs kernel launches), or "auto": greedy when
+    # compiled for a CPU, blocked for a GPU/TPU.
+    nms: Literal["auto", "greedy", "blocked"] = "auto"
     # Proposals with a side shorter than this (pixels) are never kept.
     min_size: float = 1e-3
     # Matching and sampling of anchors (Faster R-CNN §3.1.2).
@@ -220,6 +228,11 @@ class InferenceConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
+    # Per-class NMS algorithm of the detections, as model.rpn.nms ("auto":
+    # greedy, a loop of detections_per_image steps, when compiled for a CPU;
+    # blocked, a loop over the pre_nms_topk candidates' tiles, for a GPU/TPU;
+    # all exactly the greedy result).
+    nms: Literal["auto", "greedy", "blocked"] = "auto"
     # (RoI, class) candidates above score_threshold, best first, that enter the
     # per-class NMS (static shape). torchvision keeps all of them; the result is
     # the same whenever detections_per_image survive NMS among these (greedy NMS

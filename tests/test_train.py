@@ -16,20 +16,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from common import MICRO_SETS  # benchmarks/common.py (tests/conftest.py puts it on the path)
 
 from mrcli import config as c
 from mrcli.data.prepare import prepare_shapes
 
-# The tiny recipe, smaller still: 64 px images, few RoIs, a narrow mask head.
+# The tiny recipe, smaller still: 64 px images, few RoIs, a narrow mask head
+# (benchmarks/common.py), in the main process, with a short schedule.
 MICRO = [
-    "data.image_size=64", "data.max_size=64", "data.max_instances=8", "data.num_workers=0",
-    "data.mask_crop_size=28",
-    "model.backbone.width=8", "model.fpn.channels=16", "model.anchors.sizes=8,16,32,64,128",
-    "model.rpn.pre_nms_topk.train=64", "model.rpn.post_nms_topk.train=32",
-    "model.rpn.pre_nms_topk.test=64", "model.rpn.post_nms_topk.test=32",
-    "model.rpn.batch_per_image=32", "model.roi_heads.batch_per_image=16", "model.mask_head.fg_slots=4",
-    "model.box_head.dim=32", "model.mask_head.dim=8", "model.mask_head.convs=1",
-    "model.inference.detections_per_image=8",
+    *MICRO_SETS, "data.num_workers=0",
     "train.global_batch=8", "train.warmup_steps=2", "train.decay_steps=5",
     "train.log_every=1", "train.eval_every=0", "eval.batch_size=8",
 ]  # fmt: skip

@@ -12,7 +12,9 @@ feature map's border (kernels: zero, fallback: clamp) — tests compare with it
 only away from that border and use our numpy port of the kernel elsewhere.
 
 `load()` returns the torchvision module, or None where torch or torchvision is
-not installed (tests then skip).
+not installed (tests then skip). `calibrated_maskrcnn` builds the model with
+real detections from random weights that the parity test and the bfloat16
+benchmark run on a photo.
 """
 
 from __future__ import annotations
@@ -71,3 +73,34 @@ def load():
 
     torchvision.ops.boxes._assert_has_ops = lambda: None
     return torchvision
+
+
+def calibrated_maskrcnn(x, min_size: int, max_size: int):
+    """torchvision's maskrcnn_resnet50_fpn made to produce real detections on the
+    image `x` ([3, H, W] float tensor in 0..1) from random weights (seed 0):
+    BatchNorm statistics calibrated on the image (momentum 1, one forward in
+    train mode) with random affine parameters, the RPN objectness weights
+    scaled so that scores spread, the class logits scaled so that scores pass
+    0.05, and the mask logits scaled so that masks are not all near 0.5. In
+    eval mode."""
+    import torch
+
+    tv = load()
+    torch.manual_seed(0)
+    tvm = tv.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
+    )
+    for m in tvm.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.normal_(m.bias, 0.0, 0.2)
+    tvm.train()
+    with torch.no_grad():
+        images, _ = tvm.transform([x])
+        tvm.backbone.body(images.tensors)  # running stats := this image's statistics
+        tvm.rpn.head.cls_logits.weight.mul_(8.0)
+        tvm.roi_heads.box_predictor.cls_score.weight.mul_(3.0)
+        tvm.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(2.0)
+    tvm.eval()
+    return tvm

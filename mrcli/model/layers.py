@@ -16,7 +16,8 @@ Variable types say what training does with a value:
 Train code takes gradients over `nnx.Param` only.
 
 Mixed precision: kernels are stored float32 and cast to the module's compute
-`dtype` (float32 or bfloat16) at use; norms compute their statistics in float32.
+`dtype` (float32 or bfloat16) at use; norms compute their statistics, and
+frozen BatchNorm its affine, in float32, rounding to `dtype` once at the end.
 
 Dimension key: B batch, H/W height/width, C input channels, O output channels,
 R rois.
@@ -197,7 +198,13 @@ class FrozenBN(nnx.Module):
         self.bias = Constant(jnp.zeros((features,), jnp.float32))
 
     def __call__(self, x: Array) -> Array:  # [B,H,W,C]
-        return x * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+        # In float32 whatever x's dtype, as torchvision's FrozenBatchNorm2d under
+        # autocast (float32 constants promote it): in bfloat16 the rounded scale
+        # and bias add two roundings per layer, which moved the R50-FPN features
+        # on the parity photo 1.2x further from float32 than torchvision's
+        # autocast (benchmarks/bfloat16.py). Elementwise, so it fuses on GPU.
+        y = x.astype(jnp.float32) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
 
 
 def group_norm_groups(features: int) -> int:

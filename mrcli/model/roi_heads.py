@@ -19,7 +19,8 @@ Inference (torchvision RoIHeads.postprocess_detections): softmax scores,
 class-specific decoding, clip to the resized image, background dropped,
 (RoI, class) pairs with score > score_threshold and sides >= 0.01 px are
 candidates; the best `inference.pre_nms_topk` of them go through per-class NMS
-(0.5) and the best `inference.detections_per_image` remain.
+(0.5; `inference.nms` picks the exact greedy loop or its blocked accelerator
+form) and the best `inference.detections_per_image` remain.
 
 Dimension key: P proposals, N gt boxes, S sampled RoIs, F mask slots,
 R rois, K foreground classes (K + 1 with background), D detections,
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 
 from mrcli.ops import boxes as box_ops
 from mrcli.config import InferenceConfig, RoIHeadsConfig
-from mrcli.ops.nms import batched_nms
+from mrcli.ops.nms import batched_nms_for
 from mrcli.ops.masks import crop_and_resize_masks
 from mrcli.ops.sampling import match_boxes, sample_balanced
 
@@ -130,7 +131,7 @@ def detections(
     cand_boxes = boxes.reshape(-1, 4)[cand]
     cand_classes = (cand % k + 1).astype(jnp.int32)
     cand_valid = cand_scores > -jnp.inf
-    keep, keep_valid = batched_nms(
+    keep, keep_valid = batched_nms_for(cfg.nms)(
         cand_boxes, cand_scores, cand_classes, cfg.nms_threshold, cfg.detections_per_image,
         valid=cand_valid,
     )

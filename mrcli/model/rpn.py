@@ -6,8 +6,9 @@ static shapes: per level, the top-k anchors by objectness logit (k =
 min(pre_nms_topk, anchors of the level)) are decoded (box-coder weights 1, dw/dh
 clamped at log(1000/16)), clipped to the resized image, boxes with a side below
 `rpn.min_size` are dropped (never kept by NMS), NMS 0.7 runs on the sigmoid
-scores within the level, and the best `post_nms_topk` over all levels remain,
-best first. No gradient flows into proposals (torchvision detaches them).
+scores within the level (`rpn.nms` picks the exact greedy loop or its blocked
+accelerator form), and the best `post_nms_topk` over all levels remain, best
+first. No gradient flows into proposals (torchvision detaches them).
 
 Dimension key: A anchors (all levels, level-major), L levels, P proposals,
 N gt boxes, S sampled anchors.
@@ -22,7 +23,7 @@ import numpy as np
 from mrcli.ops import boxes as box_ops
 from mrcli.config import AnchorConfig, RPNConfig
 from mrcli.ops import anchors as anchor_ops
-from mrcli.ops.nms import nms
+from mrcli.ops.nms import nms_for
 from mrcli.ops.sampling import match_boxes, sample_balanced
 
 Array = jax.Array
@@ -92,6 +93,7 @@ def proposals(
         level_ok.append(jnp.pad(big, (0, pad)))
     boxes = jnp.stack(level_boxes)  # [L, k_max, 4]
     scores = jnp.stack(level_scores)  # [L, k_max]
+    nms = nms_for(cfg.nms)  # greedy or blocked: the same result (mrcli/ops/nms.py)
     keep, keep_valid = jax.vmap(
         lambda b, s, v: nms(b, s, cfg.nms_threshold, out_k, valid=v)
     )(boxes, scores, jnp.stack(level_ok))  # [L, out_k]
