@@ -35,9 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from mrcli import coco
-from mrcli import plots as plotlib
+from mrcli import coco, runs
 from mrcli import config as config_lib
+from mrcli import plots as plotlib
 from mrcli.coco import DatasetEval, DatasetMetric
 from mrcli.data import cityscapes
 from mrcli.data import images as imagelib
@@ -78,12 +78,12 @@ def run_eval(
     if trained.categories is None:
         raise UserError(f"{trained.origin} carries no category map; it cannot be evaluated")
     if out is None:
-        out = str(Path(workdir).expanduser() / "eval") if workdir else "eval"
+        out = str(Path(workdir).expanduser() / runs.EVAL_DIR) if workdir else runs.EVAL_DIR
     predictor = Predictor(trained.model, trained.state, cfg, report=report)
     result = evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
                             categories=trained.categories, report=report)  # fmt: skip
     result = with_dataset_metric(result, ds, split, out)
-    write_json_atomic(Path(out) / "eval.json", {
+    write_json_atomic(Path(out) / runs.EVAL_RECORD, {
         "checkpoint": trained.origin, "step": trained.step, "dataset": ds.name, "split": split,
         "num_images": result.num_images, **result.summary(),
     })  # fmt: skip

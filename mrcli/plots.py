@@ -183,7 +183,8 @@ def training_curves(path: str | os.PathLike[str], *, train: Mapping[str, Sequenc
             if name == "lr":
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
             drawn[name] = values
-    axes[0].legend(loc="upper right", fontsize=8)
+    if losses:
+        axes[0].legend(loc="upper right", fontsize=8)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     for ax in axes[:len(panels)]:
@@ -293,8 +294,10 @@ def confusion_matrix(path: str | os.PathLike[str], *, matrix: np.ndarray, names:
     image = ax.imshow(shown, cmap="Greys", vmin=0, vmax=1 if normalised else max(1.0, shown.max()))
     fig.colorbar(image, ax=ax, shrink=0.8,
                  label="fraction of the row" if normalised else "instances")  # fmt: skip
-    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
-    ax.set_yticks(range(n), names)
+    small = {"fontsize": 6} if n > 30 else {}
+    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right",
+                  rotation_mode="anchor", **small)
+    ax.set_yticks(range(n), names, **small)
     ax.set_xlabel("predicted class (detections scoring above the threshold)")
     ax.set_ylabel("ground-truth class")
     if n <= 30:
@@ -340,7 +343,8 @@ def ap_by_size(path: str | os.PathLike[str], *, per_class: Mapping[str, Sequence
                 ax.text(p, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="0.3")
             elif len(names) <= MAX_LEGEND:
                 ax.text(p, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
+    ax.set_xticks(x, names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center",
+                  rotation_mode="anchor")
     ax.set_ylim(0, 1)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("class (\"all\": the mean over classes)")

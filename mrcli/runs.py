@@ -55,9 +55,10 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
 PLOTS = "plots"
 CURVES = "curves.png"
-# What `mrcli eval` writes in WORKDIR/eval (mrcli.evaluate): read by `summarize`
-# for runs without a periodic eval.
-EVAL_RECORD = "eval/eval.json"
+# `mrcli eval`'s default output folder in a run, and its record of what it
+# evaluated (mrcli.evaluate): `summarize` reads it for runs without a periodic eval.
+EVAL_DIR = "eval"
+EVAL_RECORD = "eval.json"
 CKPT_FORMAT = "mrcli-train/1"
 
 # Fields a resumed run may change: how long, how often, how many workers.
@@ -451,7 +452,7 @@ def summarize(workdir: str | os.PathLike[str]) -> RunSummary:
         if values:
             best[key] = max(values, key=lambda x: (x[0], -x[1]))
             best_from = "periodic eval"
-    eval_record = workdir / EVAL_RECORD
+    eval_record = workdir / EVAL_DIR / EVAL_RECORD
     if not best and eval_record.is_file():
         numbers = json.loads(eval_record.read_text())
         for key in ("bbox_AP", "segm_AP"):

@@ -324,8 +324,8 @@ def test_compare_runs_table_json_and_plot(tmp_path, capsys):
     # No periodic eval and no wall time (a run of mrcli 0.1); `mrcli eval`'s numbers instead.
     _write_run(tmp_path / "sgd", [_train_line(10, 2.5), _train_line(20, 2.0)],
                ["train.optimizer=sgd", "train.base_lr=0.02"])  # fmt: skip
-    (tmp_path / "sgd" / "eval").mkdir()
-    (tmp_path / "sgd" / runs.EVAL_RECORD).write_text(json.dumps({"step": 20, "bbox_AP": 0.05, "segm_AP": 0.04}))
+    (tmp_path / "sgd" / runs.EVAL_DIR).mkdir()
+    (tmp_path / "sgd" / runs.EVAL_DIR / runs.EVAL_RECORD).write_text(json.dumps({"step": 20, "bbox_AP": 0.05, "segm_AP": 0.04}))
     code, out, err = run_cli(capsys, "compare", str(tmp_path / "adamw"), str(tmp_path / "sgd"), "--out",
                              str(tmp_path / "cmp"), "--json")  # fmt: skip
     assert code == 0, err
