@@ -38,8 +38,12 @@ from mrcli.files import write_bytes_atomic, write_json_atomic
 
 # Pixels per inch of every PNG: a figure of w x h inches is (w * DPI) x (h * DPI) pixels.
 DPI = 100
-# Okabe & Ito (2008), "Color Universal Design": told apart with the common colour-vision deficiencies.
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000")
+# Okabe & Ito (2008), "Color Universal Design": told apart with the common
+# colour-vision deficiencies. Their yellow (too light on white) and black (the
+# main lines' colour) are left out of the colours for many lines.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+# With a line style each as well (6 colours x 4 styles: 12 lines apart), lines
+# stay apart in grayscale, where several of the colours turn the same grey.
 LINE_STYLES = ("-", "--", "-.", ":")
 # The main lines: black and dark grey, told apart by style and marker (grayscale-safe).
 MAIN = ({"color": "black", "linestyle": "-", "marker": "o"},
@@ -85,9 +89,9 @@ def _save(fig: Figure, path: str | os.PathLike[str], title: str, numbers: dict[s
 
 
 def _class_style(k: int) -> dict[str, Any]:
-    """Line k of many: a colour-blind-safe colour, and a line style once the colours repeat."""
-    return {"color": OKABE_ITO[k % len(OKABE_ITO)],
-            "linestyle": LINE_STYLES[(k // len(OKABE_ITO)) % len(LINE_STYLES)]}  # fmt: skip
+    """Line k of many: a colour-blind-safe colour and a line style, so that
+    lines stay apart in grayscale too."""
+    return {"color": OKABE_ITO[k % len(OKABE_ITO)], "linestyle": LINE_STYLES[k % len(LINE_STYLES)]}
 
 
 def smooth(values: Sequence[float], window: int | None = None) -> np.ndarray:
@@ -205,6 +209,7 @@ def compare_curves(path: str | os.PathLike[str], runs: Mapping[str, dict[str, Ma
     drawn: dict[str, Any] = {"runs": {}}
     markers = ("o", "s", "^", "D", "v", "P", "X", "*")
     for i, (label, series) in enumerate(runs.items()):
+        # The first run black and solid, the others a colour and a line style each.
         style = {"color": "black" if i == 0 else OKABE_ITO[(i - 1) % len(OKABE_ITO)],
                  "linestyle": LINE_STYLES[i % len(LINE_STYLES)]}  # fmt: skip
         record: dict[str, Any] = {}
