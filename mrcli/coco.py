@@ -16,7 +16,7 @@ import contextlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -131,6 +131,14 @@ class EvalResult:
     iou_type: str
     stats: dict[str, float]  # STAT_NAMES -> value (-1 where COCOeval has no gt of that kind)
     per_class_ap: dict[int, float]  # dataset category id -> AP@[.5:.95] (nan without gt)
+    # COCOeval.eval["precision"], kept for the PR curves and AP by size (pr_curves,
+    # ap_by_size): [T iou thresholds, R recall points, K classes, A areas (all, small,
+    # medium, large), M maxDets (1, 10, 100)] float, -1 where a class has no gt of
+    # that area. None when there were no detections to evaluate.
+    precision: np.ndarray | None = field(default=None, compare=False, repr=False)
+    cat_ids: tuple[int, ...] = ()  # the K axis: dataset category ids
+    iou_thresholds: tuple[float, ...] = ()  # the T axis (0.5, 0.55, ..., 0.95)
+    recall_points: tuple[float, ...] = ()  # the R axis (0, 0.01, ..., 1)
 
 
 def coco_evaluate(
@@ -152,7 +160,7 @@ def coco_evaluate(
     cat_ids = sorted(gt.getCatIds())
     if not results:
         stats = {name: 0.0 for name in STAT_NAMES}
-        return EvalResult(iou_type, stats, {c: 0.0 for c in cat_ids})
+        return EvalResult(iou_type, stats, {c: 0.0 for c in cat_ids}, cat_ids=tuple(cat_ids))
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iou_type)
@@ -170,7 +178,10 @@ def coco_evaluate(
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         per_class[int(cat_id)] = float(p.mean()) if p.size else float("nan")
-    return EvalResult(iou_type, stats, per_class)
+    return EvalResult(iou_type, stats, per_class, precision=precision,
+                      cat_ids=tuple(int(c) for c in ev.params.catIds),
+                      iou_thresholds=tuple(float(t) for t in ev.params.iouThrs),
+                      recall_points=tuple(float(r) for r in ev.params.recThrs))  # fmt: skip
 
 
 def check_categories(model_categories, dataset_categories, dataset_name: str) -> None:
@@ -212,6 +223,7 @@ class DatasetEval:
     image_ids: tuple[int, ...] = ()  # the images evaluated
     official: DatasetMetric | None = None  # the dataset's own metric, where there is one
     notes: tuple[str, ...] = ()  # e.g. why the dataset's own metric was not computed
+    plots: tuple[Path, ...] = ()  # the pictures drawn of it (mrcli.evaluate.write_plots)
 
     def summary(self) -> dict[str, float]:
         """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each),
@@ -251,3 +263,229 @@ def score(
                 })  # fmt: skip
     return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path,
                        category_names=category_names, image_ids=tuple(int(i) for i in image_ids))  # fmt: skip
+
+
+# --- what the pictures of an evaluation draw (mrcli.plots, mrcli.evaluate) ------------------
+
+
+@dataclass(frozen=True)
+class PRCurves:
+    """Precision-recall curves from COCOeval's precision array (area "all", 100
+    detections per image): per class and the mean over the classes with
+    ground truth, at IoU 0.5 ("iou50") and averaged over IoU 0.5:0.95
+    ("iou50_95"). The mean of a curve over its recall points is its AP, as
+    COCOeval.summarize computes it."""
+
+    iou_type: str
+    recall: np.ndarray  # [R] float, COCOeval's recall points 0, 0.01, ..., 1
+    per_class: dict[int, dict[str, np.ndarray]]  # dataset category id -> {"iou50": [R], "iou50_95": [R]}
+    overall: dict[str, np.ndarray]  # {"iou50": [R], "iou50_95": [R]}: the mean over classes
+
+    def ap(self) -> dict[int | str, dict[str, float]]:
+        """Each curve's AP (its mean over the recall points); "all" for the overall."""
+        out: dict[int | str, dict[str, float]] = {
+            c: {k: float(v.mean()) for k, v in curves.items()} for c, curves in self.per_class.items()
+        }
+        out["all"] = {k: float(v.mean()) for k, v in self.overall.items()}
+        return out
+
+
+def pr_curves(result: EvalResult) -> PRCurves | None:
+    """The PR curves of an evaluation, read from the precision array its
+    COCOeval computed (no second COCOeval); None without detections. Classes
+    without ground truth (precision -1) are left out."""
+    if result.precision is None:
+        return None
+    p = result.precision[:, :, :, 0, -1]  # [T, R, K]: area "all", maxDets 100
+    t50 = int(np.flatnonzero(np.isclose(result.iou_thresholds, 0.5))[0])
+    per_class = {}
+    for k, cat_id in enumerate(result.cat_ids):
+        if p[0, 0, k] > -1:  # -1 for every t and r where the class has no gt
+            per_class[cat_id] = {"iou50": p[t50, :, k].copy(), "iou50_95": p[:, :, k].mean(axis=0)}
+    if per_class:
+        overall = {key: np.mean([c[key] for c in per_class.values()], axis=0) for key in ("iou50", "iou50_95")}
+    else:
+        overall = {key: np.zeros(len(result.recall_points)) for key in ("iou50", "iou50_95")}
+    return PRCurves(result.iou_type, np.asarray(result.recall_points), per_class, overall)
+
+
+AREA_NAMES = ("small", "medium", "large")  # COCOeval's area ranges 1..3: < 32², 32²-96², > 96² px
+
+
+def ap_by_size(result: EvalResult) -> dict[int | str, list[float]]:
+    """AP@[.5:.95] on small, medium and large objects (COCO's area ranges): per
+    dataset category id, and "all" (COCOeval's APs, APm, APl); NaN where
+    there is no ground truth of that size."""
+
+    def nan_if_missing(v: float) -> float:
+        return float(v) if v >= 0 else float("nan")
+
+    out: dict[int | str, list[float]] = {
+        "all": [nan_if_missing(result.stats[k]) for k in ("APs", "APm", "APl")]
+    }
+    if result.precision is None:
+        return out
+    for k, cat_id in enumerate(result.cat_ids):
+        row = []
+        for a in (1, 2, 3):
+            p = result.precision[:, :, k, a, -1]
+            p = p[p > -1]
+            row.append(float(p.mean()) if p.size else float("nan"))
+        out[cat_id] = row
+    return out
+
+
+# A detection counts as kept above this score in the confusion matrix and the
+# per-image F1: `mrcli predict`'s default --score, the detections a user sees.
+KEEP_SCORE = 0.5
+# A detection finds an instance at IoU >= this (COCO's AP50, PASCAL VOC's criterion).
+MATCH_IOU = 0.5
+
+# What became of a ground-truth instance (ImageMatch.gt_state):
+GT_FOUND, GT_CONFUSED, GT_MISSED, GT_CROWD = 0, 1, 2, 3
+# ... and of a kept detection (ImageMatch.det_state):
+DET_CORRECT, DET_CONFUSED, DET_FALSE, DET_IGNORED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """One image's kept detections matched to its ground truth (match_image).
+
+    gt: found (a detection of its class), confused (found only by a detection
+    of another class), missed, or a crowd region (never counted). A kept
+    detection: correct, confused (on an instance of another class), false (on
+    no instance: background) or ignored (on a crowd region of its class, as
+    COCOeval ignores it)."""
+
+    image_id: int
+    gt_classes: np.ndarray  # [G] int, dataset category ids of the image's annotations, in order
+    gt_state: np.ndarray  # [G] int8, GT_*
+    detections: tuple[dict[str, Any], ...]  # the D kept detections (COCO result dicts), best first
+    det_classes: np.ndarray  # [D] int, dataset category ids
+    det_scores: np.ndarray  # [D] float
+    det_state: np.ndarray  # [D] int8, DET_*
+    det_gt: np.ndarray  # [D] int, the annotation it matched (correct, confused, ignored), else -1
+
+    @property
+    def tp(self) -> int:
+        return int(np.sum(self.det_state == DET_CORRECT))
+
+    @property
+    def fp(self) -> int:
+        """Kept detections that are not correct: false and confused ones."""
+        return int(np.sum((self.det_state == DET_FALSE) | (self.det_state == DET_CONFUSED)))
+
+    @property
+    def fn(self) -> int:
+        """Instances not found with their class: missed and confused ones."""
+        return int(np.sum((self.gt_state == GT_MISSED) | (self.gt_state == GT_CONFUSED)))
+
+    @property
+    def f1(self) -> float:
+        """2 TP / (2 TP + FP + FN); 1 for an image with nothing to find and nothing found."""
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else 1.0
+
+
+def _ious(dets: list[dict[str, Any]], gts: list[dict[str, Any]], iou_type: str) -> np.ndarray:
+    """[D, G] IoU of detections with annotations (boxes xywh, or RLE masks); for a
+    crowd annotation, the fraction of the detection inside it (COCOeval's rule)."""
+    if not dets or not gts:
+        return np.zeros((len(dets), len(gts)))
+    key = "segmentation" if iou_type == "segm" else "bbox"
+    crowd = [int(bool(g.get("iscrowd", 0))) for g in gts]
+    ious = mask_util.iou([d[key] for d in dets], [g[key] for g in gts], crowd)
+    return np.asarray(ious, np.float64).reshape(len(dets), len(gts))
+
+
+def match_image(image_id: int, gts: list[dict[str, Any]], dets: list[dict[str, Any]], *, iou_type: str,
+                iou_threshold: float = MATCH_IOU) -> ImageMatch:  # fmt: skip
+    """Match one image's kept detections (COCO result dicts; RLE masks for
+    "segm") to its annotations (COCO annotation dicts, RLE segmentations).
+
+    First as COCOeval does at one IoU threshold: detections best score first,
+    each takes the unmatched instance of its own class it overlaps most (IoU
+    >= iou_threshold), or else is ignored on a crowd region of its class.
+    Then the detections left take, the same way, an unmatched instance of
+    any class: those are the confusions between classes. Detections still
+    left are false; instances left are missed."""
+    order = np.argsort([-float(d["score"]) for d in dets], kind="mergesort")
+    dets = [dets[i] for i in order]
+    ious = _ious(dets, gts, iou_type)
+    gt_cls = np.array([int(g["category_id"]) for g in gts], np.int64)
+    crowd = np.array([bool(g.get("iscrowd", 0)) for g in gts], bool)
+    det_cls = np.array([int(d["category_id"]) for d in dets], np.int64)
+    gt_state = np.where(crowd, GT_CROWD, GT_MISSED).astype(np.int8)
+    det_state = np.full(len(dets), -1, np.int8)
+    det_gt = np.full(len(dets), -1, np.int64)
+    for same_class in (True, False):
+        for d in range(len(dets)):
+            if det_state[d] >= 0:
+                continue
+            free = (gt_state == GT_MISSED) & (ious[d] >= iou_threshold)
+            if same_class:
+                free &= gt_cls == det_cls[d]
+            if free.any():
+                g = int(np.argmax(np.where(free, ious[d], -1.0)))
+                gt_state[g] = GT_FOUND if same_class else GT_CONFUSED
+                det_state[d], det_gt[d] = (DET_CORRECT if same_class else DET_CONFUSED), g
+                continue
+            if same_class:
+                on_crowd = crowd & (gt_cls == det_cls[d]) & (ious[d] >= iou_threshold)
+                if on_crowd.any():
+                    det_state[d], det_gt[d] = DET_IGNORED, int(np.argmax(np.where(on_crowd, ious[d], -1.0)))
+    det_state[det_state < 0] = DET_FALSE
+    return ImageMatch(
+        image_id=int(image_id), gt_classes=gt_cls, gt_state=gt_state, detections=tuple(dets),
+        det_classes=det_cls, det_scores=np.array([float(d["score"]) for d in dets], np.float64),
+        det_state=det_state, det_gt=det_gt,
+    )  # fmt: skip
+
+
+def match_detections(ground_truth: dict[str, Any], results: list[dict[str, Any]], *, iou_type: str,
+                     image_ids: Sequence[int], score_threshold: float = KEEP_SCORE,
+                     iou_threshold: float = MATCH_IOU) -> list[ImageMatch]:  # fmt: skip
+    """match_image for every image of `image_ids`, with the detections scoring
+    above `score_threshold` of the ground truth's categories (as COCOeval, a
+    detection of a class the dataset does not have is left out)."""
+    cats = {int(c["id"]) for c in ground_truth["categories"]}
+    wanted = {int(i) for i in image_ids}
+    anns: dict[int, list[dict[str, Any]]] = {i: [] for i in wanted}
+    for a in ground_truth["annotations"]:
+        if int(a["image_id"]) in wanted:
+            anns[int(a["image_id"])].append(a)
+    dets: dict[int, list[dict[str, Any]]] = {i: [] for i in wanted}
+    for r in results:
+        if int(r["image_id"]) in wanted and float(r["score"]) > score_threshold and int(r["category_id"]) in cats:
+            dets[int(r["image_id"])].append(r)
+    return [match_image(i, anns[int(i)], dets[int(i)], iou_type=iou_type, iou_threshold=iou_threshold)
+            for i in image_ids]  # fmt: skip
+
+
+def confusion_matrix(matches: Sequence[ImageMatch], cat_ids: Sequence[int]) -> np.ndarray:
+    """[K+1, K+1] int64 counts: row = ground-truth class, column = predicted
+    class, index K = background. A found instance counts on the diagonal, a
+    confused one at (its class, the detection's), a missed one in the
+    background column, a false detection in the background row; crowd regions
+    and the detections on them are not counted. So row k sums to class k's
+    instances and column k to its kept detections (less the ignored ones)."""
+    index = {int(c): k for k, c in enumerate(cat_ids)}
+    bg = len(cat_ids)
+    m = np.zeros((bg + 1, bg + 1), np.int64)
+    for match in matches:
+        for c, state in zip(match.gt_classes, match.gt_state):
+            if state == GT_MISSED:
+                m[index[int(c)], bg] += 1
+        for c, state, g in zip(match.det_classes, match.det_state, match.det_gt):
+            if state in (DET_CORRECT, DET_CONFUSED):
+                m[index[int(match.gt_classes[g])], index[int(c)]] += 1
+            elif state == DET_FALSE:
+                m[bg, index[int(c)]] += 1
+    return m
+
+
+def worst_images(matches: Sequence[ImageMatch], n: int) -> list[ImageMatch]:
+    """Up to `n` images with an error, worst first: lowest F1, then the most
+    errors (false + missed + confused), then the image id."""
+    wrong = [m for m in matches if m.fp + m.fn > 0]
+    return sorted(wrong, key=lambda m: (m.f1, -(m.fp + m.fn), m.image_id))[:n]

@@ -12,6 +12,18 @@ A dataset with a benchmark metric of its own gets it too, beside COCO's:
 Cityscapes the instance-level AP of cityscapesScripts (`mrcli[cityscapes]`),
 in OUT/cityscapes.json; without cityscapesscripts the result says so and the
 COCO AP is the one printed.
+
+OUT/eval.json says what was evaluated (the checkpoint, its step, the split)
+beside the numbers. With `plots` (the default), pictures of the evaluation go
+to OUT/plots/ (`write_plots`), each with a .json of its numbers:
+
+    pr_bbox.png, pr_segm.png        precision-recall per class and overall, at IoU
+                                    0.5 and over 0.5:0.95 (COCOeval's precision array)
+    ap_by_size_bbox.png, ..._segm   AP on small / medium / large objects per class
+    confusion_matrix.png            at IoU 0.5 for the kept detections (score above
+    confusion_matrix_normalised.png coco.KEEP_SCORE), with a background row and column
+    worst_images.png                the images of lowest F1: ground truth and
+                                    prediction side by side, errors marked
 """
 
 from __future__ import annotations
@@ -21,15 +33,26 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from mrcli import coco, runs
 from mrcli import config as config_lib
+from mrcli import plots as plotlib
 from mrcli.coco import DatasetEval, DatasetMetric
 from mrcli.data import cityscapes
+from mrcli.data import images as imagelib
+from mrcli.data import masks as masklib
+from mrcli.data.show import CROWD_GREY, blend
 from mrcli.data.store import Dataset, find_dataset
 from mrcli.files import write_json_atomic
 from mrcli.errors import UserError
 from mrcli.inference import Predictor, evaluate_split
-from mrcli.progress import Report
+from mrcli.progress import Report, silent
 from mrcli.runs import load_trained
+
+PLOTS_DIR = "plots"
+# Images in the gallery of the worst ones.
+GALLERY_SIZE = 8
 
 
 def run_eval(
@@ -43,12 +66,13 @@ def run_eval(
     sets: Sequence[str] = (),
     data_dir: str | None = None,
     weights: str | None = None,
+    plots: bool = True,
     report: Report | None = None,
 ) -> DatasetEval:
     """A trained model (a run's checkpoint, a checkpoint directory, or `weights`
     by name or file) on a prepared dataset's split, results written under
-    `out`. `sets` change the data and eval fields of the model's config (image
-    sizes, eval.batch_size, ...)."""
+    `out` (with `plots`, the pictures too: OUT/plots). `sets` change the data
+    and eval fields of the model's config (image sizes, eval.batch_size, ...)."""
     trained = load_trained(workdir, checkpoint, weights, report=report)
     cfg = config_lib.override(trained.config, config_lib.parse_sets(list(sets)))
     ds = find_dataset(data or cfg.data.dataset, data_dir)
@@ -56,11 +80,19 @@ def run_eval(
     if trained.categories is None:
         raise UserError(f"{trained.origin} carries no category map; it cannot be evaluated")
     if out is None:
-        out = str(Path(workdir).expanduser() / "eval") if workdir else "eval"
+        out = str(Path(workdir).expanduser() / runs.EVAL_DIR) if workdir else runs.EVAL_DIR
     predictor = Predictor(trained.model, trained.state, cfg, report=report)
     result = evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
                             categories=trained.categories, report=report)  # fmt: skip
-    return with_dataset_metric(result, ds, split, out)
+    result = with_dataset_metric(result, ds, split, out)
+    write_json_atomic(Path(out) / runs.EVAL_RECORD, {
+        "checkpoint": trained.origin, "step": trained.step, "dataset": ds.name, "split": split,
+        "num_images": result.num_images, **result.summary(),
+    })  # fmt: skip
+    if plots:
+        result = dataclasses.replace(result, plots=tuple(write_plots(result, ds, split, Path(out) / PLOTS_DIR,
+                                                                     report=report)))  # fmt: skip
+    return result
 
 
 CITYSCAPES_AP = "Cityscapes instance-level AP (cityscapesScripts)"
@@ -84,3 +116,142 @@ def with_dataset_metric(result: DatasetEval, ds: Dataset, split: str, out: str |
     metric = DatasetMetric(CITYSCAPES_AP, "cityscapes", {"AP": numbers["AP"], "AP50": numbers["AP50"]},
                            numbers["per_class_ap"])  # fmt: skip
     return dataclasses.replace(result, official=metric)
+
+
+# Colours and line styles of the gallery's boxes: Okabe & Ito (2008) colours
+# (told apart with the common colour-vision deficiencies), and a line style
+# each, so the kinds stay apart in grayscale too.
+CORRECT = ((0, 158, 115), "-")  # bluish green, solid
+CONFUSED = ((204, 121, 167), "-.")  # reddish purple, dash-dot: found with the wrong class
+WRONG = ((213, 94, 0), "--")  # vermillion, dashed: a missed instance or a false detection
+CROWD = (CROWD_GREY, ":")  # a crowd region, not counted
+
+
+def write_plots(result: DatasetEval, ds: Dataset, split: str, out: str | Path, *,
+                score_threshold: float = coco.KEEP_SCORE, gallery_size: int = GALLERY_SIZE,
+                report: Report | None = None) -> list[Path]:  # fmt: skip
+    """The pictures of an evaluation in `out` (module docstring); returns the
+    PNGs written. The PR curves and AP by size come from the precision arrays
+    of the evaluation's own COCOeval; the confusion matrix and the gallery
+    from its results file matched to the split's ground truth (coco.match_detections)
+    with mask IoU (box IoU for a box-only model)."""
+    report = silent(report)
+    out = Path(out)
+    names = result.category_names
+    where = f"{ds.name}/{split}, {result.num_images} images"
+    kind_name = {"bbox": "box", "segm": "mask"}
+    paths = []
+    for r in (result.bbox, result.segm):
+        if r is None:
+            continue
+        curves = coco.pr_curves(r)
+        if curves is not None:
+            ap = {("all" if c == "all" else names.get(c, str(c))): v for c, v in curves.ap().items()}
+            paths.append(plotlib.pr_curves(
+                out / f"pr_{r.iou_type}.png", recall=curves.recall, ap=ap, overall=curves.overall,
+                per_class={names.get(c, str(c)): v for c, v in curves.per_class.items()},
+                title=f"{kind_name[r.iou_type]} precision-recall, {where}",
+            ))  # fmt: skip
+        sizes = coco.ap_by_size(r)
+        paths.append(plotlib.ap_by_size(
+            out / f"ap_by_size_{r.iou_type}.png", title=f"{kind_name[r.iou_type]} AP by object size, {where}",
+            per_class={("all" if c == "all" else names.get(c, str(c))): v for c, v in sizes.items()},
+            ylabel=f"{kind_name[r.iou_type]} AP @[.5:.95] (0-1)",
+        ))  # fmt: skip
+    report.say("matching detections to the ground truth for the confusion matrix", "detail")
+    iou_type = "segm" if result.segm is not None else "bbox"
+    ground_truth = ds.coco_ground_truth(split)
+    with open(result.results_path) as f:
+        detections = json.load(f)
+    matches = coco.match_detections(ground_truth, detections, iou_type=iou_type, image_ids=result.image_ids,
+                                    score_threshold=score_threshold)  # fmt: skip
+    cat_ids = [int(c["id"]) for c in ds.categories]
+    matrix = coco.confusion_matrix(matches, cat_ids)
+    labels = [names.get(c, str(c)) for c in cat_ids] + ["background"]
+    rule = f"{kind_name[iou_type]} IoU >= {coco.MATCH_IOU}, detections scoring above {score_threshold}"
+    how = {"iou_type": iou_type, "iou_threshold": coco.MATCH_IOU, "score_threshold": score_threshold}
+    totals = {"tp": sum(m.tp for m in matches), "fp": sum(m.fp for m in matches),
+              "fn": sum(m.fn for m in matches)}  # fmt: skip
+    for normalised, name in ((False, "confusion_matrix"), (True, "confusion_matrix_normalised")):
+        paths.append(plotlib.confusion_matrix(
+            out / f"{name}.png", matrix=matrix, names=labels, normalised=normalised,
+            note=f"{rule}; background: missed (column), false (row)", extra={**how, **totals},
+            title=f"confusion matrix{' (each row sums to 1)' if normalised else ''}, {where}",
+        ))  # fmt: skip
+    worst = coco.worst_images(matches, gallery_size)
+    items, shown = _gallery_items(ds, split, worst, names)
+    paths.append(plotlib.gallery(
+        out / "worst_images.png", items=items, columns=("ground truth", "prediction"),
+        title=f"the {len(worst)} worst images by F1 ({rule}), {where}",
+        legend=[("correct", *CORRECT), ("wrong class", *CONFUSED), ("missed / false", *WRONG),
+                ("crowd region (not counted)", *CROWD)],
+        numbers={"images": shown, "images_with_errors": sum(1 for m in matches if m.fp + m.fn), **how},
+    ))  # fmt: skip
+    return paths
+
+
+def _gallery_items(ds: Dataset, split: str, worst: list[coco.ImageMatch],
+                   names: dict[int, str]) -> tuple[list[tuple[str, plotlib.Panel, plotlib.Panel]], list[dict]]:  # fmt: skip
+    """(caption, ground-truth panel, prediction panel) of each image, and what
+    each shows."""
+    index = {int(i): k for k, i in enumerate(ds.index(split)["image_id"])}
+    src = ds.source(split)
+    items, shown = [], []
+    for m in worst:
+        rec = src[index[m.image_id]]
+        h, w = int(rec["height"]), int(rec["width"])
+        rgb = np.asarray(imagelib.decode_rgb(rec["image"]))
+        # Ground truth, in the record's order (the order of the annotations matched).
+        as_class = {int(g): int(c) for g, c, s in zip(m.det_gt, m.det_classes, m.det_state)
+                    if s == coco.DET_CONFUSED}  # fmt: skip
+        gt_labels, gt_looks = [], []
+        for g, (c, state) in enumerate(zip(m.gt_classes, m.gt_state)):
+            name = names.get(int(c), str(c))
+            if state == coco.GT_FOUND:
+                gt_labels.append(name), gt_looks.append(CORRECT)
+            elif state == coco.GT_CONFUSED:
+                gt_labels.append(f"{name}, found as {names.get(as_class[g], as_class[g])}")
+                gt_looks.append(CONFUSED)
+            elif state == coco.GT_MISSED:
+                gt_labels.append(f"MISSED {name}"), gt_looks.append(WRONG)
+            else:
+                gt_labels.append(f"crowd: {name}"), gt_looks.append(CROWD)
+        # Only the errors' masks are filled, so the eye goes to them and the photo stays visible.
+        errors = [k for k, look in enumerate(gt_looks) if look in (CONFUSED, WRONG)]
+        gt_masks = [masklib.decode(rec["rles"][k], h, w) for k in errors]
+        left = plotlib.Panel(blend(rgb, gt_masks, [gt_looks[k][0] for k in errors]),
+                             np.asarray(rec["boxes"], np.float32).reshape(-1, 4), gt_labels,
+                             [c for c, _ in gt_looks], [s for _, s in gt_looks])  # fmt: skip
+        # The kept detections, best first.
+        det_labels, det_looks = [], []
+        for d, c, state, g in zip(m.detections, m.det_classes, m.det_state, m.det_gt):
+            text = f"{names.get(int(c), str(c))} {float(d['score']):.2f}"
+            if state == coco.DET_CORRECT:
+                det_labels.append(text), det_looks.append(CORRECT)
+            elif state == coco.DET_CONFUSED:
+                gt_name = names.get(int(m.gt_classes[g]), str(m.gt_classes[g]))
+                det_labels.append(f"{text}, is {gt_name}"), det_looks.append(CONFUSED)
+            elif state == coco.DET_FALSE:
+                det_labels.append(f"FALSE {text}"), det_looks.append(WRONG)
+            else:
+                det_labels.append(f"{text} on a crowd region"), det_looks.append(CROWD)
+        boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (d["bbox"] for d in m.detections)],
+                         np.float32).reshape(-1, 4)  # fmt: skip
+        errors = [k for k, look in enumerate(det_looks) if look in (CONFUSED, WRONG)]
+        det_masks = [masklib.decode(m.detections[k]["segmentation"]["counts"].encode(), h, w)
+                     for k in errors if "segmentation" in m.detections[k]]  # fmt: skip
+        right = plotlib.Panel(blend(rgb, det_masks, [det_looks[k][0] for k in errors]), boxes, det_labels,
+                              [c for c, _ in det_looks], [s for _, s in det_looks])  # fmt: skip
+        file_name = rec["file_name"].decode() if isinstance(rec["file_name"], bytes) else str(rec["file_name"])
+        counts = {
+            "correct": m.tp,
+            "missed": int(np.sum(m.gt_state == coco.GT_MISSED)),
+            "false": int(np.sum(m.det_state == coco.DET_FALSE)),
+            "wrong_class": int(np.sum(m.det_state == coco.DET_CONFUSED)),
+        }
+        caption = (f"image {m.image_id} ({Path(file_name).name}), F1 {m.f1:.2f}: "
+                   + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))  # fmt: skip
+        items.append((caption, left, right))
+        shown.append({"image_id": m.image_id, "file_name": file_name, "f1": m.f1, "tp": m.tp, "fp": m.fp,
+                      "fn": m.fn, **counts})  # fmt: skip
+    return items, shown

@@ -3,7 +3,9 @@
     prepare shapes -> train --recipe tiny -> eval -> predict (overlays)
 
 Each step is the library function its command calls; a second run reuses the
-prepared data and resumes (or skips) the training in the same workdir.
+prepared data and resumes (or skips) the training in the same workdir. The
+pictures: the training curves in WORKDIR/plots/curves.png, the evaluation's
+in WORKDIR/eval/plots/ (mrcli.evaluate).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mrcli import config as config_lib
-from mrcli import predict
+from mrcli import predict, runs
 from mrcli.data.prepare import prepare_shapes
 from mrcli.data.store import Dataset, find_dataset
 from mrcli.errors import UserError
@@ -35,6 +37,8 @@ class QuickstartResult:
     eval: dict[str, float]  # bbox_* and segm_* numbers on the val split
     overlays: Path  # the overlay PNGs predict wrote
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    curves: Path | None = None  # the training curves (WORKDIR/plots/curves.png)
+    eval_plots: Path | None = None  # the evaluation's pictures (WORKDIR/eval/plots)
 
     @property
     def mask_ap(self) -> float:
@@ -105,5 +109,7 @@ def run(
     pred = predict.run(images, workdir / "predictions", workdir=workdir, checkpoint="last",
                        overwrite=True, report=report)  # fmt: skip
     seconds["predict"] = time.perf_counter() - t
+    curves = workdir / runs.PLOTS / runs.CURVES
     return QuickstartResult(workdir=workdir, eval=result.summary(), overlays=pred.out / predict.OVERLAYS_DIR,
-                            seconds=seconds)  # fmt: skip
+                            seconds=seconds, curves=curves if curves.is_file() else None,
+                            eval_plots=result.plots[0].parent if result.plots else None)  # fmt: skip

@@ -6,8 +6,15 @@
                           state, step, rng), data (iterator state), record (JSON:
                           the run.json fields + step + score)
       metrics.jsonl       one JSON object per line: train metrics every
-                          log_every steps, eval results as their own lines
+                          log_every steps (with elapsed_s, the run's wall time
+                          so far), eval results as their own lines
       tb/                 TensorBoard event files (tensorboardX)
+      plots/curves.png    the curves of metrics.jsonl (+ curves.json), drawn
+                          at each periodic eval and at the end (plot_curves)
+
+`read_curves` reads metrics.jsonl back as series (a resumed run's lines
+from the attempt it replaced left out); `summarize` and `compare` describe
+runs side by side (`mrcli compare`).
 
 `load_trained` is how eval, predict, export and `train --init-from` get a
 model: a run's checkpoint (best | last | STEP) or a checkpoint directory
@@ -21,9 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,9 +39,12 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+import numpy as np
+
 from mrcli import checkpoints
 from mrcli import config as config_lib
 from mrcli import model as model_lib
+from mrcli import plots
 from mrcli import weights as weights_lib
 from mrcli.config import Config
 from mrcli.errors import UserError
@@ -44,6 +55,12 @@ RUN_RECORD = "run.json"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
+PLOTS = "plots"
+CURVES = "curves.png"
+# `mrcli eval`'s default output folder in a run, and its record of what it
+# evaluated (mrcli.evaluate): `summarize` reads it for runs without a periodic eval.
+EVAL_DIR = "eval"
+EVAL_RECORD = "eval.json"
 CKPT_FORMAT = "mrcli-train/1"
 
 # Fields a resumed run may change: how long, how often, how many workers.
@@ -317,3 +334,174 @@ def load_trained(workdir: str | os.PathLike[str] | None = None, checkpoint: str 
     # Fill the abstract state: no random initialisation of a model about to be overwritten.
     state = checkpoints.restore(abstract, restored, origin=f"{workdir} step {step}")
     return TrainedModel(cfg, record["categories"], model, state, f"{workdir} step {step}", step)
+
+
+# --- the run's curves, and runs side by side ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Curves:
+    """metrics.jsonl as series: `train` and `eval` each map "step" and every
+    number logged to a list, one entry per line (NaN where a line lacks it)."""
+
+    train: dict[str, list[float]] = field(default_factory=dict)
+    eval: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _series(records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    keys = list(dict.fromkeys(k for r in records for k, v in r.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)))  # fmt: skip
+    return {k: [float(r[k]) if isinstance(r.get(k), (int, float)) else math.nan for r in records] for k in keys}
+
+
+def read_curves(workdir: str | os.PathLike[str]) -> Curves:
+    """WORKDIR/metrics.jsonl as series. A resumed run logs again from its
+    checkpoint, so where a train line's step is not past the previous one,
+    the lines of the replaced attempt from that step on are dropped; a line
+    cut short by a kill and the non-finite line that ends a diverged run are
+    left out."""
+    path = Path(workdir).expanduser() / METRICS
+    kept: list[dict[str, Any]] = []
+    last = -1
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or "step" not in record or record.get("nonfinite"):
+            continue
+        step = int(record["step"])
+        if "loss" in record:
+            if step <= last:
+                kept = [r for r in kept if int(r["step"]) < step]
+            last = step
+        kept.append(record)
+    train = [r for r in kept if "loss" in r]
+    evals = [r for r in kept if "loss" not in r and any(k.endswith("_AP") for k in r)]
+    return Curves(_series(train), _series(evals))
+
+
+def elapsed_at(workdir: str | os.PathLike[str], step: int) -> float:
+    """The run's wall time (elapsed_s) at its last train line at or before
+    `step`: where a resumed run's clock starts. 0 without one."""
+    train = read_curves(workdir).train
+    times = [t for s, t in zip(train.get("step", []), train.get("elapsed_s", [])) if s <= step and t == t]
+    return times[-1] if times else 0.0
+
+
+def plot_curves(workdir: str | os.PathLike[str]) -> Path:
+    """Draw WORKDIR/plots/curves.png (+ .json) from metrics.jsonl: every loss
+    term, the LR, images/s and the periodic eval's AP against the step."""
+    workdir = Path(workdir).expanduser()
+    curves = read_curves(workdir)
+    steps = curves.train.get("step", [])
+    title = f"{workdir.name}: training curves"
+    if is_run(workdir):
+        record = json.loads((workdir / RUN_RECORD).read_text())
+        planned = record.get("config", {}).get("train", {}).get("steps")
+        title += f" on {record.get('dataset')}, step {int(steps[-1]) if steps else 0} of {planned}"
+    return plots.training_curves(workdir / PLOTS / CURVES, train=curves.train, evals=curves.eval, title=title)
+
+
+def closest_recipe(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """The recipe `cfg` differs least from (runs do not record which recipe
+    they came from), and the fields that differ from it (data.dataset, which
+    --data sets, not counted): ("tiny", {}) for an unchanged recipe,
+    ("defaults", {...}) where no recipe is closer than the defaults."""
+    best: tuple[str, dict[str, Any]] | None = None
+    candidates = [("defaults", Config())]
+    candidates += [(n, config_lib.load_recipe(n).config) for n in config_lib.recipe_names()]
+    for name, base in candidates:
+        changed = {k: v for k, v in config_lib.diff(cfg, base).items() if k != "data.dataset"}
+        if best is None or len(changed) < len(best[1]):
+            best = (name, changed)
+    assert best is not None
+    return best
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What `mrcli compare` shows of a run."""
+
+    workdir: Path
+    recipe: str  # the closest recipe (closest_recipe)
+    changed: dict[str, Any]  # config fields that differ from it
+    dataset: str
+    step: int  # the last step logged
+    planned_steps: int  # train.steps
+    # "bbox_AP" / "segm_AP" -> (the best value, its step): the periodic eval's,
+    # or else `mrcli eval`'s (WORKDIR/eval/eval.json, step None if unknown).
+    best: dict[str, tuple[float, int | None]]
+    best_from: str  # "periodic eval", "mrcli eval" or "" (no eval)
+    images_per_s: float | None  # median over the logged lines
+    wall_s: float | None  # training wall time (elapsed_s of the last line; None for older runs)
+    curves: Curves = field(repr=False, default_factory=Curves)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workdir": str(self.workdir), "recipe": self.recipe, "changed": self.changed,
+            "dataset": self.dataset, "step": self.step, "planned_steps": self.planned_steps,
+            "best": {k: {"value": v, "step": s} for k, (v, s) in self.best.items()},
+            "best_from": self.best_from, "images_per_s": self.images_per_s, "wall_s": self.wall_s,
+        }  # fmt: skip
+
+
+def summarize(workdir: str | os.PathLike[str]) -> RunSummary:
+    """A run's recipe, dataset, progress, best AP (and at which step), speed
+    and wall time, from run.json, metrics.jsonl and WORKDIR/eval."""
+    workdir = Path(workdir).expanduser()
+    if not is_run(workdir):
+        raise UserError(f"{workdir} is not an mrcli training run (no {RUN_RECORD}); name run directories "
+                        "(mrcli train --workdir)")  # fmt: skip
+    record = json.loads((workdir / RUN_RECORD).read_text())
+    cfg = read_run_config(workdir)
+    recipe, changed = closest_recipe(cfg)
+    curves = read_curves(workdir)
+    steps = curves.train.get("step", [])
+    best: dict[str, tuple[float, int | None]] = {}
+    best_from = ""
+    evals = curves.eval
+    for key in ("bbox_AP", "segm_AP"):
+        values = [(v, int(s)) for s, v in zip(evals.get("step", []), evals.get(key, [])) if v == v]
+        if values:
+            best[key] = max(values, key=lambda x: (x[0], -x[1]))
+            best_from = "periodic eval"
+    eval_record = workdir / EVAL_DIR / EVAL_RECORD
+    if not best and eval_record.is_file():
+        numbers = json.loads(eval_record.read_text())
+        for key in ("bbox_AP", "segm_AP"):
+            if key in numbers:
+                best[key] = (float(numbers[key]), numbers.get("step"))
+        if best:
+            best_from = "mrcli eval"
+            curves = Curves(curves.train, {"step": [numbers.get("step") or (steps[-1] if steps else 0)],
+                                           **{k: [v] for k, (v, _) in best.items()}})  # fmt: skip
+    speeds = [v for v in curves.train.get("images_per_s", []) if v == v]
+    times = [v for v in curves.train.get("elapsed_s", []) if v == v]
+    return RunSummary(
+        workdir=workdir, recipe=recipe, changed=changed, dataset=str(record.get("dataset")),
+        step=int(steps[-1]) if steps else 0, planned_steps=cfg.train.steps, best=best, best_from=best_from,
+        images_per_s=float(np.median(speeds)) if speeds else None, wall_s=times[-1] if times else None,
+        curves=curves,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: list[RunSummary]
+    plot: Path  # their curves overlaid (+ .json beside it)
+
+
+def compare(workdirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> Comparison:
+    """`mrcli compare`: each run summarized, and their curves overlaid in
+    OUT/compare.png (smoothed loss, box AP, mask AP against the step)."""
+    if not workdirs:
+        raise UserError("name at least one run directory: mrcli compare RUN [RUN ...]")
+    summaries = [summarize(w) for w in workdirs]
+    labels = [s.workdir.name for s in summaries]
+    if len(set(labels)) < len(labels):
+        labels = [str(s.workdir) for s in summaries]
+    runs = {label: {"train": s.curves.train, "eval": s.curves.eval} for label, s in zip(labels, summaries)}
+    plot = plots.compare_curves(Path(out) / "compare.png", runs,
+                                title=f"{len(summaries)} run(s): {', '.join(labels)}")  # fmt: skip
+    return Comparison(summaries, plot)

@@ -44,7 +44,7 @@ from mrcli.config import Config, TrainConfig
 from mrcli.data import pipeline
 from mrcli.data.store import Dataset, find_dataset
 from mrcli.errors import UserError
-from mrcli.progress import Report, silent
+from mrcli.progress import Kind, Report, silent
 
 PyTree = Any
 # loss_fn(params, constants, batch, rng) -> (scalar loss, dict of scalar metrics);
@@ -467,6 +467,18 @@ def compile_steps(step_fn, state: TrainState, cfg: Config, mesh: Mesh, report: R
                                     f"{t.global_batch}", lower)  # fmt: skip
 
 
+def _draw_curves(workdir: Path, report: Report, kind: Kind = "detail") -> None:
+    """WORKDIR/plots/curves.png from metrics.jsonl (runs.plot_curves). A
+    picture that cannot be drawn is a warning: it never ends a run."""
+    try:
+        path = runs.plot_curves(workdir)
+    except Exception as e:  # noqa: BLE001 - e.g. a full disk; the run itself goes on
+        report.say(f"could not draw the training curves in {workdir / runs.PLOTS}: {type(e).__name__}: {e}",
+                   "warning")  # fmt: skip
+        return
+    report.say(f"training curves: {path}", kind)
+
+
 def _format_eval(step: int, numbers: dict[str, float]) -> str:
     return (f"step {step}: box AP {numbers.get('bbox_AP', float('nan')):.3f}, "
             f"mask AP {numbers.get('segm_AP', float('nan')):.3f}")  # fmt: skip
@@ -518,6 +530,7 @@ def train(
     written. The input pipeline, metric writers and checkpoint manager are
     closed on every way out. Returns how the run ended."""
     report = silent(report)
+    t_start = time.perf_counter()  # the run's wall time (elapsed_s) counts from here
     workdir = Path(workdir).expanduser()
     ds = find_dataset(cfg.data.dataset, data_dir)
     cfg = for_dataset(cfg, ds, explicit, report)
@@ -558,6 +571,8 @@ def train(
             report.say(f"resumed {workdir} at step {start}")
         elif resuming:
             report.say(f"{workdir} has no checkpoint yet; starting at step 0")
+        # A resumed run's wall time goes on from what it was at its checkpoint.
+        elapsed_before = runs.elapsed_at(workdir, start) if start > 0 else 0.0
         metrics_out = _Metrics(workdir, jax.process_index())
         closing.callback(metrics_out.close)
         last_ckpt = int(manager.latest_step()) if manager.latest_step() is not None else None
@@ -582,6 +597,7 @@ def train(
             s, m = fetched[-1]
             last_metrics = {k: float(v) for k, v in m.items()}
             last_metrics["images_per_s"] = len(fetched) * tc.global_batch / max(elapsed, 1e-9)
+            last_metrics["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
             metrics_out.write({"step": s + 1, **last_metrics})
             report.advance(s + 1, **last_metrics)
             window, t_window = [], time.perf_counter()
@@ -610,6 +626,8 @@ def train(
                         _save(manager, step, state, batches, cfg, ds, score, stopping)
                         last_ckpt = step
                         report.say(f"checkpoint at step {step}", "detail")
+                    if at_eval and metrics_out.enabled:
+                        _draw_curves(workdir, report)
                     if stop.received is not None:
                         reason = "signal"
                         report.say(f"stopped by signal {stop.received} at step {step}; saved, "
@@ -623,6 +641,8 @@ def train(
             where = (f"step {last_ckpt} in {workdir / runs.CHECKPOINTS}" if last_ckpt is not None
                      else "none yet")  # fmt: skip
             metrics_out.write({"step": e.step + 1, "nonfinite": True, **e.metrics})
+            if metrics_out.enabled:
+                _draw_curves(workdir, report)
             raise TrainingDiverged(
                 f"the loss became non-finite at step {e.step + 1} "
                 f"({', '.join(f'{k}={v:.4g}' for k, v in e.metrics.items() if 'loss' in k)}); "
@@ -632,6 +652,8 @@ def train(
         finally:
             report.end()
         manager.wait_until_finished()
+        if metrics_out.enabled:
+            _draw_curves(workdir, report, "info")
     return RunResult(step=step, reason=reason, last_checkpoint=last_ckpt,
                      metrics=last_metrics, eval=last_eval)  # fmt: skip
 

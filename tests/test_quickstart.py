@@ -31,3 +31,12 @@ def test_quickstart_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):
     assert len(overlays) == 8  # the val split's 8 images, predicted
     assert (workdir / "eval" / "segm.json").is_file()
     assert (workdir / "checkpoints" / "2").is_dir()
+    # It says where its pictures are, and they are there.
+    curves, eval_plots = workdir / "plots" / "curves.png", workdir / "eval" / "plots"
+    assert result["curves"] == str(curves) and result["eval_plots"] == str(eval_plots)
+    assert f"plots: {curves} (training curves), {eval_plots}/" in " ".join(err.split())
+    assert json.loads(curves.with_suffix(".json").read_text())["train_step"] == [1, 2]
+    assert {p.name for p in eval_plots.glob("*.png")} == {
+        "pr_bbox.png", "pr_segm.png", "ap_by_size_bbox.png", "ap_by_size_segm.png", "confusion_matrix.png",
+        "confusion_matrix_normalised.png", "worst_images.png"}  # fmt: skip
+    assert json.loads((workdir / "eval" / "eval.json").read_text())["step"] == 2

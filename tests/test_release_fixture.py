@@ -53,10 +53,12 @@ def test_an_old_run_loads_with_its_config_migrated(old_run):
 def test_an_old_run_evaluates_predicts_exports_and_resumes(old_run, data_dir, tmp_path, capsys,
                                                             monkeypatch):  # fmt: skip
     monkeypatch.setenv("MRCLI_DATA", str(data_dir))
-    code, out, err = run_cli(capsys, "eval", "--workdir", str(old_run), "--checkpoint", "1", "--json")
+    code, out, err = run_cli(capsys, "eval", "--workdir", str(old_run), "--checkpoint", "1", "--no-plots",
+                             "--json")  # fmt: skip
     assert code == 0, err
     numbers = json.loads(out)
-    assert numbers["num_images"] == 8
+    assert numbers["num_images"] == 8 and numbers["plots"] is None
+    assert (old_run / "eval" / "segm.json").is_file() and not (old_run / "eval" / "plots").exists()
     assert all(0.0 <= numbers[f"segm_{k}"] <= 1.0 or numbers[f"segm_{k}"] == -1.0 for k in STAT_NAMES)
 
     images = tmp_path / "images"
@@ -89,6 +91,13 @@ def test_an_old_run_evaluates_predicts_exports_and_resumes(old_run, data_dir, tm
     # The resumed run's record is written in the current form, with the same config.
     record = json.loads((old_run / "run.json").read_text())["config"]
     assert record["model"]["backbone"]["depth"] == 14 and record["train"]["steps"] == 2
+    # Its curves (metrics of 0.1 then of now) are drawn, and it compares.
+    curves = json.loads((old_run / "plots" / "curves.json").read_text())
+    assert curves["train_step"] == [1, 2]
+    code, out, err = run_cli(capsys, "compare", str(old_run), "--out", str(tmp_path / "cmp"), "--json")
+    assert code == 0, err
+    (summary,) = json.loads(out)["runs"]
+    assert summary["step"] == 2 and summary["dataset"] == "shapes" and summary["recipe"] == "tiny"
 
 
 def test_an_old_checkpoint_directory_predicts_and_initialises_training(data_dir, tmp_path, capsys,

@@ -8,13 +8,13 @@
     info.py      info, recipes           data.py      prepare, show
     train.py     train, quickstart       evaluate.py  eval
     predict.py   predict                 export.py    export
-    weights.py   weights import
+    weights.py   weights import          compare.py   compare
 
 Library modules are imported inside the commands, so that `mrcli --help`
 starts without importing JAX.
 """
 
-from mrcli.cli import data, evaluate, export, info, predict, train, weights
+from mrcli.cli import compare, data, evaluate, export, info, predict, train, weights
 from mrcli.cli.core import app
 
 app.command()(info.info)
@@ -27,5 +27,6 @@ app.command()(predict.predict)
 app.command()(train.quickstart)
 app.add_typer(weights.weights_app, name="weights")
 app.command("export")(export.export)
+app.command("compare")(compare.compare)
 
 __all__ = ["app"]

@@ -29,6 +29,11 @@ def eval_cmd(
     max_images: Annotated[
         Optional[int], typer.Option("--max-images", help="Evaluate the first N images only.")
     ] = None,
+    plots: Annotated[
+        bool,
+        typer.Option("--plots/--no-plots", help="Draw precision-recall curves, AP by object size, "
+                     "a confusion matrix and the worst images into OUT/plots (PNG + JSON)."),
+    ] = True,
     sets: Sets = None,
     data_dir: DataDir = None,
     as_json: Json = False,
@@ -36,7 +41,8 @@ def eval_cmd(
     """COCO box and mask AP of a trained model on a dataset split (pycocotools).
 
     On Cityscapes also the official instance-level AP (cityscapesScripts),
-    when installed: pip install "mrcli[cityscapes]".
+    when installed: pip install "mrcli[cityscapes]". Pictures of the
+    evaluation go to OUT/plots unless --no-plots.
 
     Examples:
 
@@ -44,23 +50,27 @@ def eval_cmd(
 
       mrcli eval --workdir runs/r101 --checkpoint last --split val --json
 
-      mrcli eval --checkpoint imported/ --data coco
+      mrcli eval --checkpoint imported/ --data coco --no-plots
     """
     from mrcli.evaluate import run_eval
 
     with RichReport() as report:
         result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split,
                           out=out_dir, max_images=max_images, sets=sets or [], data_dir=data_dir,
-                          weights=weights, report=report)  # fmt: skip
+                          weights=weights, plots=plots, report=report)  # fmt: skip
+    plots_dir = str(result.plots[0].parent) if result.plots else None
     if as_json:
         print_json({"num_images": result.num_images, "results": str(result.results_path),
-                    **result.summary()})  # fmt: skip
+                    "plots": plots_dir, **result.summary()})  # fmt: skip
         _print_tables(result, err)
     else:
         _print_tables(result, out)
     for note in result.notes:
         err.print(note, highlight=False, markup=False)
     err.print(f"results: {result.results_path}", highlight=False, markup=False)
+    if plots_dir:
+        err.print(f"plots: {plots_dir} ({', '.join(p.name for p in result.plots)})", highlight=False,
+                  markup=False, soft_wrap=True)  # fmt: skip
 
 
 def _print_tables(result: Any, console: Any) -> None:

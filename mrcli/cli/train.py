@@ -73,8 +73,9 @@ def quickstart(
     """The whole workflow on the built-in data, on this CPU, in minutes.
 
     Prepares the synthetic shapes dataset, trains the `tiny` recipe, evaluates
-    it (COCO box and mask AP) and writes prediction overlays for a few images.
-    Run it again to reuse the data and the trained model.
+    it (COCO box and mask AP) and writes prediction overlays for a few images;
+    it says where its plots are (training curves, PR curves, confusion
+    matrix, worst images). Run it again to reuse the data and the trained model.
 
     Example: mrcli quickstart --workdir runs/quickstart
     """
@@ -88,6 +89,10 @@ def quickstart(
         highlight=False,
     )
     err.print(f"overlays: {result.overlays}", highlight=False, soft_wrap=True, markup=False)
+    err.print(f"plots: {result.curves} (training curves), {result.eval_plots}/ (PR curves, confusion "
+              "matrix, AP by size, worst images)", highlight=False, soft_wrap=True, markup=False)  # fmt: skip
     if as_json:
         print_json({"workdir": str(result.workdir), "overlays": str(result.overlays),
+                    "curves": str(result.curves) if result.curves else None,
+                    "eval_plots": str(result.eval_plots) if result.eval_plots else None,
                     "seconds": result.seconds, **result.eval})  # fmt: skip

@@ -1,11 +1,20 @@
 """`mrcli show`: overlay PNGs of a prepared dataset (masks in colour, boxes,
 class names), raw or as the training pipeline gives them to the model, so a
-person can see that the data is right before training."""
+person can see that the data is right before training; and with --stats the
+dataset's statistics as pictures (mrcli.data.stats counts, mrcli.plots draws):
+
+    OUT/classes.png               instances per class
+    OUT/instances_per_image.png   with data.max_instances and detections per image
+    OUT/object_sizes.png          sqrt(box area) at the input size, with the anchor sizes
+    OUT/aspect_ratios.png         box h / w, with the anchors' aspect ratios
+    OUT/image_sizes.png           image width against height
+    (each with a .json of its numbers beside it)"""
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -13,13 +22,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mrcli import config as config_lib
+from mrcli import plots
 from mrcli.config import Config
 from mrcli.data import images as imagelib
 from mrcli.data import masks as masklib
 from mrcli.data import pipeline
+from mrcli.data import stats as statslib
 from mrcli.data.store import Dataset, find_dataset
 from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
+from mrcli.progress import Report
 
 # Distinct colours (Glasbey-like), one per instance in an image.
 PALETTE = np.array(
@@ -33,21 +45,30 @@ PALETTE = np.array(
 )
 
 
+CROWD_GREY = (160, 160, 160)
+
+
+def blend(rgb: np.ndarray, masks: Iterable[np.ndarray], colours: Sequence[Sequence[int]],
+          alpha: float = 0.45) -> np.ndarray:
+    """Full-image masks [H, W] blended into an RGB image [H, W, 3] uint8, mask i
+    in colours[i] (RGB 0..255) at opacity `alpha`."""
+    out = rgb.astype(np.float32).copy()
+    for m, c in zip(masks, colours):
+        sel = m.astype(bool)
+        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(c, np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: Iterable[np.ndarray], labels: list[str],
             crowd: np.ndarray | None = None, alpha: float = 0.45,
             scores: Sequence[float] | None = None) -> np.ndarray:
     """Draw full-image masks [H, W], xyxy boxes and labels (with `scores`,
     as "label 0.93") on an RGB image [H, W, 3]. Instance i has colour
     PALETTE[i % 20]. Crowd regions are drawn in grey with a 'crowd' label."""
-    out = rgb.astype(np.float32).copy()
     n = len(boxes)
     crowd = np.zeros(n, bool) if crowd is None else np.asarray(crowd, bool)
-    colours = [np.array((160, 160, 160), np.uint8) if crowd[i] else PALETTE[i % len(PALETTE)]
-               for i in range(n)]
-    for m, c in zip(masks, colours):
-        sel = m.astype(bool)
-        out[sel] = (1 - alpha) * out[sel] + alpha * c.astype(np.float32)
-    img = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+    colours = [np.array(CROWD_GREY, np.uint8) if crowd[i] else PALETTE[i % len(PALETTE)] for i in range(n)]
+    img = Image.fromarray(blend(rgb, masks, colours, alpha))
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     for i in range(n):
@@ -139,3 +160,76 @@ def show_dataset(name: str, *, data_dir: str | os.PathLike | None = None, split:
     cfg = config_lib.resolve(recipe, list(sets)) if (recipe or sets) else None
     return show(find_dataset(name, data_dir), split=split, out=out, num=num, augmented=augmented,
                 cfg=cfg, seed=seed)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    stats: statslib.SplitStats
+    warnings: list[str]  # where the config does not fit the data (statslib.warnings)
+    paths: list[Path]  # the PNGs written (a .json beside each)
+
+
+def write_stats(dataset: Dataset, *, split: str, out: str | os.PathLike, cfg: Config,
+                report: Report | None = None) -> StatsResult:  # fmt: skip
+    """The statistics of `split` as PNGs (+ JSON) in `out`, for the input size,
+    anchors and limits of `cfg` (module docstring)."""
+    s = statslib.split_stats(dataset, split, cfg, report)
+    out = Path(out)
+    name = f"{dataset.name}/{split}"
+    d, inference = cfg.data, cfg.model.inference
+    paths = [plots.bar_counts(
+        out / "classes.png", names=s.class_names, counts=s.instances_per_class,
+        title=f"{name}: instances per class ({int(s.instances_per_class.sum())} in {len(s.image_hw)} images)",
+        xlabel="instances (crowd regions not counted)", ylabel="class",
+        extra={"crowd": s.crowd_per_class.tolist()},
+    )]  # fmt: skip
+    per_image = s.instances_per_image
+    top = int(per_image.max()) if len(per_image) else 0
+    paths.append(plots.histogram(
+        out / "instances_per_image.png", edges=np.arange(top + 2) - 0.5,
+        counts=np.bincount(per_image, minlength=top + 1),
+        title=f"{name}: instances per image (mean {per_image.mean() if len(per_image) else 0:.1f}, max {top})",
+        xlabel="instances in the image (crowd regions not counted)", ylabel="images",
+        lines=[(d.max_instances + 0.5, f"data.max_instances = {d.max_instances}"),
+               (inference.detections_per_image + 0.5,
+                f"model.inference.detections_per_image = {inference.detections_per_image}")],
+    ))  # fmt: skip
+    lo, hi = s.anchor_reach
+    small, large = s.outside_anchors()
+    edges = s.size_edges()
+    paths.append(plots.histogram(
+        out / "object_sizes.png", edges=edges, counts=np.histogram(s.input_sizes, edges)[0],
+        title=f"{name}: object sizes at the input size, "
+              + (f"all {len(s.input_sizes)} within the anchors' reach" if not small + large else
+                 f"{small} below and {large} above the anchors' reach, of {len(s.input_sizes)}"),
+        xlabel=f"object size sqrt(box width x height), pixels at the model input "
+               f"(data.image_size={d.image_size}, data.max_size={d.max_size})",
+        ylabel="objects", log_x=True,
+        lines=[(a, "anchor sizes (model.anchors.sizes)") for a in s.anchor_sizes],
+        band=(lo, hi, f"not reached by an anchor at IoU >= 0.5 (outside {lo:.1f}-{hi:.0f} px)"),
+        extra={"objects_smaller": small, "objects_larger": large, "reach_px": [lo, hi],
+               "original_px": statslib.summary(s.sizes)},
+    ))  # fmt: skip
+    edges = s.aspect_edges()
+    ratios = np.clip(s.aspect_ratios, edges[0], edges[-1])
+    paths.append(plots.histogram(
+        out / "aspect_ratios.png", edges=edges, counts=np.histogram(ratios, edges)[0],
+        title=f"{name}: box aspect ratios", ylabel="objects", log_x=True,
+        xlabel=f"box height / width (clipped to 1/{statslib.ASPECT_LIMIT:g}..{statslib.ASPECT_LIMIT:g})",
+        lines=[(r, "anchor aspect ratios (model.anchors.aspect_ratios)") for r in s.anchor_aspect_ratios],
+    ))  # fmt: skip
+    paths.append(plots.scatter(
+        out / "image_sizes.png", x=s.image_hw[:, 1], y=s.image_hw[:, 0],
+        title=f"{name}: image sizes ({len(np.unique(s.image_hw, axis=0))} distinct)",
+        xlabel="width (pixels)", ylabel="height (pixels)",
+    ))  # fmt: skip
+    return StatsResult(s, statslib.warnings(s, cfg), paths)
+
+
+def stats_dataset(name: str, *, data_dir: str | os.PathLike | None = None, split: str = "train",
+                  out: str | os.PathLike, recipe: str | None = None, sets: Sequence[str] = (),
+                  report: Report | None = None) -> StatsResult:  # fmt: skip
+    """`mrcli show --stats`: `write_stats` on the prepared dataset `name`, for
+    the config of `recipe` and `sets` (the defaults where neither is given)."""
+    cfg = config_lib.resolve(recipe, list(sets))
+    return write_stats(find_dataset(name, data_dir), split=split, out=out, cfg=cfg, report=report)

@@ -47,6 +47,8 @@ def test_readme_prepare_shapes_then_show(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "overlays").glob("*.png"))
     assert len([p for p in pngs if p.startswith("val_")]) == 4
     assert len([p for p in pngs if p.endswith("_aug.png")]) == 4
+    assert {p.name for p in (tmp_path / "stats").glob("*.png")} == {
+        "classes.png", "instances_per_image.png", "object_sizes.png", "aspect_ratios.png", "image_sizes.png"}
 
 
 def test_checker_failure_exits_2_in_a_real_process(tmp_path):
