@@ -25,6 +25,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcli.config import DEFAULT_SCORE
 from mrcli.errors import UserError
 from mrcli.files import write_json_atomic
 
@@ -224,6 +225,9 @@ class DatasetEval:
     official: DatasetMetric | None = None  # the dataset's own metric, where there is one
     notes: tuple[str, ...] = ()  # e.g. why the dataset's own metric was not computed
     plots: tuple[Path, ...] = ()  # the pictures drawn of it (mrcli.evaluate.write_plots)
+    # What was scored, for titles: "shapes/val" and "runs/tiny step 1000".
+    split: str = ""
+    model: str = ""
 
     def summary(self) -> dict[str, float]:
         """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each),
@@ -337,7 +341,7 @@ def ap_by_size(result: EvalResult) -> dict[int | str, list[float]]:
 
 # A detection counts as kept above this score in the confusion matrix and the
 # per-image F1: `mrcli predict`'s default --score, the detections a user sees.
-KEEP_SCORE = 0.5
+KEEP_SCORE = DEFAULT_SCORE
 # A detection finds an instance at IoU >= this (COCO's AP50, PASCAL VOC's criterion).
 MATCH_IOU = 0.5
 

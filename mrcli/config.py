@@ -222,6 +222,12 @@ class MaskHeadConfig:
     fg_slots: int = 128
 
 
+# The score above which `mrcli predict` and `mrcli.serving` keep detections by
+# default (Detectron2's demo and torchvision's examples show detections above
+# 0.5); model.inference.score_threshold (0.05) is the lower bar of COCO eval.
+DEFAULT_SCORE = 0.5
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     # Detections: score threshold, per-class NMS IoU, detections per image.

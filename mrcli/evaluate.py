@@ -36,7 +36,6 @@ from typing import Sequence
 import numpy as np
 
 from mrcli import coco, runs
-from mrcli import config as config_lib
 from mrcli import plots as plotlib
 from mrcli.coco import DatasetEval, DatasetMetric
 from mrcli.data import cityscapes
@@ -48,7 +47,7 @@ from mrcli.files import write_json_atomic
 from mrcli.errors import UserError
 from mrcli.inference import Predictor, evaluate_split
 from mrcli.progress import Report, silent
-from mrcli.runs import load_trained
+from mrcli.runs import load_trained, with_sets
 
 PLOTS_DIR = "plots"
 # Images in the gallery of the worst ones.
@@ -71,10 +70,11 @@ def run_eval(
 ) -> DatasetEval:
     """A trained model (a run's checkpoint, a checkpoint directory, or `weights`
     by name or file) on a prepared dataset's split, results written under
-    `out` (with `plots`, the pictures too: OUT/plots). `sets` change the data
-    and eval fields of the model's config (image sizes, eval.batch_size, ...)."""
-    trained = load_trained(workdir, checkpoint, weights, report=report)
-    cfg = config_lib.override(trained.config, config_lib.parse_sets(list(sets)))
+    `out` (with `plots`, the pictures too: OUT/plots). `sets` change its
+    inference fields (mrcli.runs.with_sets: image sizes, eval.batch_size,
+    thresholds, detections per image)."""
+    trained = with_sets(load_trained(workdir, checkpoint, weights, report=report), sets)
+    cfg = trained.config
     ds = find_dataset(data or cfg.data.dataset, data_dir)
     split = ds.check_split(split or cfg.data.eval_split)
     if trained.categories is None:
@@ -84,6 +84,7 @@ def run_eval(
     predictor = Predictor(trained.model, trained.state, cfg, report=report)
     result = evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
                             categories=trained.categories, report=report)  # fmt: skip
+    result = dataclasses.replace(result, split=f"{ds.name}/{split}", model=trained.origin)
     result = with_dataset_metric(result, ds, split, out)
     write_json_atomic(Path(out) / runs.EVAL_RECORD, {
         "checkpoint": trained.origin, "step": trained.step, "dataset": ds.name, "split": split,

@@ -82,7 +82,7 @@ from mrcli.data.store import find_dataset
 from mrcli.errors import UserError
 from mrcli.inference import MASK_THRESHOLD, ImageDetections, Predictor
 from mrcli.progress import Report, silent
-from mrcli.runs import TrainedModel, load_trained
+from mrcli.runs import TrainedModel, load_trained, with_sets
 from mrcli.serving import FORMAT, RECORD
 
 MODULE = "model.stablehlo"
@@ -237,7 +237,10 @@ class ExportResult:
     seconds: float
 
 
-def _prepare_target(out: str | os.PathLike[str]) -> Path:
+def _prepare_target(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The export's directory: new, empty, or (with `overwrite`) an earlier
+    export, replaced as a whole once the new one is written (the rule of
+    `mrcli predict`: nothing is replaced without --overwrite)."""
     target = Path(out).expanduser().resolve()
     if target.exists():
         if target.is_file():
@@ -245,8 +248,35 @@ def _prepare_target(out: str | os.PathLike[str]) -> Path:
         if any(target.iterdir()) and not (target / RECORD).is_file():
             raise UserError(f"--out {out}: exists and is not an mrcli export (no {RECORD}); "
                             "choose another --out or empty it")  # fmt: skip
+        if (target / RECORD).is_file() and not overwrite:
+            raise UserError(f"--out {out}: holds an exported model already; pass --overwrite to "
+                            "replace it, or choose another --out")  # fmt: skip
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
+
+
+# The default input capacity covers the model's dataset's largest image, up to
+# this many times data.max_size a side (a panorama should not make every
+# request's buffer huge; larger images are shrunk on the host by mrcli.serving).
+CAPACITY_CAP = 4
+
+
+def default_capacity(cfg: Any, bucket: tuple[int, int],
+                     data_dir: str | os.PathLike[str] | None = None) -> tuple[tuple[int, int], str]:  # fmt: skip
+    """(Hc, Wc) and why: the largest height and width of the images of the
+    model's dataset (every split, as prepared) and the bucket, each at most
+    CAPACITY_CAP x data.max_size; the bucket where the dataset is not here."""
+    try:
+        ds = find_dataset(cfg.data.dataset, data_dir)
+    except UserError:
+        return bucket, (f"input capacity {bucket[0]}x{bucket[1]}, the bucket (dataset "
+                        f"{cfg.data.dataset!r} is not prepared here to size it from)")  # fmt: skip
+    sizes = [v.get("max_size", [0, 0]) for v in ds.record["splits"].values()]
+    cap = CAPACITY_CAP * int(cfg.data.max_size)
+    hc = min(cap, max([bucket[0], *(int(h) for h, _ in sizes)]))
+    wc = min(cap, max([bucket[1], *(int(w) for _, w in sizes)]))
+    return (hc, wc), (f"input capacity {hc}x{wc}: the largest image of dataset {ds.name!r}"
+                      + (f" (at most {cap} a side)" if cap in (hc, wc) else ""))
 
 
 
@@ -259,12 +289,17 @@ def export_model(
     image_size: tuple[int, int] | None = None,
     max_input_size: tuple[int, int] | None = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
+    overwrite: bool = False,
+    data_dir: str | os.PathLike[str] | None = None,
     report: Report | None = None,
 ) -> ExportResult:
-    """Write the serving artifact of `trained` to `out` (module docstring).
+    """Write the serving artifact of `trained` to `out` (module docstring);
+    an earlier export there is replaced only with `overwrite`.
 
     image_size: the bucket (H, W) the model runs at (default: the config's
-    first bucket); max_input_size: the largest raw image (default: the bucket)."""
+    first bucket); max_input_size: the largest raw image taken as it is
+    (default: default_capacity, the model's dataset's largest image; larger
+    ones are shrunk by mrcli.serving)."""
     t0 = time.perf_counter()
     report = silent(report)
     _check_options(format, batch_size)
@@ -274,11 +309,16 @@ def export_model(
     cfg = trained.config
     bucket = tuple(image_size) if image_size else tuple(cfg.data.resolved_buckets()[0])
     _check_bucket(cfg, bucket)
-    capacity = tuple(max_input_size) if max_input_size else bucket
     platforms = parse_platforms(platforms)
     if format == "savedmodel":
         _require_tensorflow()
-    target = _prepare_target(out)
+    target = _prepare_target(out, overwrite)
+    if max_input_size:
+        capacity = tuple(max_input_size)
+    else:
+        capacity, why = default_capacity(cfg, bucket, data_dir)
+        report.say(f"{why}; larger images are shrunk to it by mrcli.serving (--max-input-size "
+                   "to change)", "detail")  # fmt: skip
     spec = input_spec(cfg, bucket, capacity)
     weights = flat_weights(trained.state)
     serve = serving_function(trained.model, spec)
@@ -502,8 +542,8 @@ def exported_detections(directory: str | os.PathLike[str], images: Sequence[np.n
     record = serving.read_record(directory)
     if record["artifact"] == "savedmodel":
         run = _savedmodel_runner(Path(directory), record)
-        return serving.run_batches(run, record, images)
-    return serving.load(directory).predict(images)
+        return serving.run_batches(run, record, images, score_threshold=0.0)
+    return serving.load(directory).predict(images, score_threshold=0.0)
 
 
 def _savedmodel_runner(directory: Path, record: dict[str, Any]) -> Callable:
@@ -522,17 +562,15 @@ def _savedmodel_runner(directory: Path, record: dict[str, Any]) -> Callable:
 
 def verify(directory: str | os.PathLike[str], trained: TrainedModel,
            images: Sequence[tuple[str, np.ndarray]]) -> VerifyReport:
-    """Run the artifact and the native model on `images` ((name, [h,w,3] uint8))
-    and compare each image's detections (VerifyRow.ok: same count and classes,
+    """Run the artifact and the native model on `images` ((name, [h,w,3] uint8);
+    those beyond the input capacity shrunk by mrcli.serving.fit for both) and
+    compare each image's detections (VerifyRow.ok: same count and classes,
     boxes within BOX_TOLERANCE px, mask IoU > MIN_MASK_IOU)."""
     record = serving.read_record(directory)
-    Hc, Wc = record["max_input_size"]
-    for name, rgb in images:
-        if rgb.shape[0] > Hc or rgb.shape[1] > Wc:
-            raise UserError(f"--verify: {name} is {rgb.shape[0]}x{rgb.shape[1]}, larger than the "
-                            f"export's --max-input-size {Hc}x{Wc}; export with a larger "
-                            "--max-input-size or verify on smaller images")  # fmt: skip
-    pixels = [rgb for _, rgb in images]
+    # An image beyond the input capacity is shrunk as mrcli.serving shrinks it,
+    # for both: what is compared is the exported function.
+    capacity = tuple(record["max_input_size"])
+    pixels = [serving.fit(rgb, capacity) for _, rgb in images]
     native = native_detections(trained, tuple(record["bucket"]), pixels)
     exported = exported_detections(directory, pixels)
     rows = [compare(name, a, b) for (name, _), a, b in zip(images, native, exported)]
@@ -591,6 +629,8 @@ def run(
     max_verify_images: int = 8,
     data_dir: str | None = None,
     weights: str | None = None,
+    sets: Sequence[str] = (),
+    overwrite: bool = False,
     report: Report | None = None,
 ) -> RunResult:
     """`mrcli export`: load the model, export it (unless `verify_only`), and verify
@@ -605,11 +645,12 @@ def run(
     if verify_only and not Path(out, RECORD).expanduser().is_file():
         raise UserError(f"--verify-only: {out} holds no exported model ({RECORD} missing); "
                         "export first (drop --verify-only)")  # fmt: skip
-    trained = load_trained(workdir, checkpoint, weights, report=report)
+    trained = with_sets(load_trained(workdir, checkpoint, weights, report=report), sets)
     result = None
     if not verify_only:
         result = export_model(trained, out, format=format, batch_size=batch_size, image_size=bucket,
-                              max_input_size=capacity, platforms=platform_names, report=report)  # fmt: skip
+                              max_input_size=capacity, platforms=platform_names,
+                              overwrite=overwrite, data_dir=data_dir, report=report)  # fmt: skip
         report.say(f"exported {result.path} ({format}) in {result.seconds:.1f} s", "detail")
     report_ = None
     if do_verify or verify_source or verify_only:

@@ -72,7 +72,8 @@ from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
 from mrcli.inference import ImageDetections, Predictor
 from mrcli.progress import Report, silent
-from mrcli.runs import TrainedModel, load_trained
+from mrcli.config import DEFAULT_SCORE
+from mrcli.runs import TrainedModel, load_trained, with_sets
 
 FORMATS = ("png", "json", "overlay")
 RESULTS_FILE = "detections.json"
@@ -319,11 +320,12 @@ def run(
     *,
     workdir: str | os.PathLike[str] | None = None,
     checkpoint: str | None = None,
-    score: float = 0.5,
+    score: float = DEFAULT_SCORE,
     formats: str | Sequence[str] | None = None,
     batch_size: int = 8,
     overwrite: bool = False,
     weights: str | None = None,
+    sets: Sequence[str] = (),
     report: Report | None = None,
     trained: TrainedModel | None = None,
 ) -> PredictResult:
@@ -344,6 +346,7 @@ def run(
     images = find_images(input, exclude=out)
     if trained is None:
         trained = load_trained(workdir, checkpoint, weights, report=report)
+    trained = with_sets(trained, sets)
     if trained.categories is None:
         raise UserError(f"{trained.origin} carries no category map, so its classes have no names; "
                         "predict with a trained or fully imported model")  # fmt: skip

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import shutil
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -334,6 +335,32 @@ def load_trained(workdir: str | os.PathLike[str] | None = None, checkpoint: str 
     # Fill the abstract state: no random initialisation of a model about to be overwritten.
     state = checkpoints.restore(abstract, restored, origin=f"{workdir} step {step}")
     return TrainedModel(cfg, record["categories"], model, state, f"{workdir} step {step}", step)
+
+
+# What `--set` may change on eval, predict and export: how a trained model is
+# fed and how its detections are kept, never what it learned (its layers,
+# classes, anchors). Detectron2's INPUT.MIN_SIZE_TEST / TEST.DETECTIONS_PER_IMAGE
+# and the RPN's test-time top-k are the same kind of field.
+INFERENCE_SETS = ("data.", "eval.", "model.inference.", "model.rpn.pre_nms_topk.test",
+                  "model.rpn.post_nms_topk.test")  # fmt: skip
+
+
+def with_sets(trained: TrainedModel, sets: Sequence[str]) -> TrainedModel:
+    """`trained` with `--set key=value` pairs applied to its inference fields
+    (INFERENCE_SETS); a field the model was trained with is refused, named."""
+    if not sets:
+        return trained
+    updates = config_lib.parse_sets(list(sets))
+    fixed = [k for k in updates if not k.startswith(INFERENCE_SETS)]
+    if fixed:
+        raise UserError(
+            f"--set {fixed[0]}: a trained model's {fixed[0].rsplit('.', 1)[0]} fields are what it "
+            "was trained with; here --set changes data.*, eval.*, model.inference.* and "
+            "model.rpn.*_nms_topk.test (train again to change the rest)"
+        )
+    cfg = config_lib.override(trained.config, updates)
+    model_lib.check_config(cfg.model)
+    return dataclasses.replace(trained, config=cfg, model=dataclasses.replace(trained.model, cfg=cfg.model))
 
 
 # --- the run's curves, and runs side by side ----------------------------------------------

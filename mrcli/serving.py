@@ -3,16 +3,25 @@
     from mrcli import serving
 
     model = serving.load("exported/")
-    det = model(rgb)                  # rgb: [h, w, 3] uint8 numpy
+    det = model(rgb)                  # rgb: [h, w, 3] uint8 numpy, any size
     det["boxes"], det["scores"], det["names"], det["masks"]   # masks: [n, h, w] bool
-    dets = model.predict([rgb1, rgb2, ...])   # any number, batched as exported
+    dets = model.predict([rgb1, rgb2, ...], score_threshold=0.3)   # any number
 
 This module imports jax, numpy and the standard library (plus
-mrcli.ops.masks for pasting masks, itself jax + numpy): no flax, optax,
-orbax, TensorFlow or the rest of mrcli. The exported function does the
-resizing, normalisation and padding itself; what is left here is packing
-images into the fixed input shape and pasting the 28 x 28 masks into the
-original images (the same paste as `mrcli eval` and `mrcli predict`).
+mrcli.ops.masks for pasting masks, itself jax + numpy, and Pillow for
+shrinking oversized images): no flax, optax, orbax, TensorFlow or the rest
+of mrcli. The exported function does the resizing, normalisation and padding
+itself; what is left here is fitting images into the fixed input shape and
+pasting the 28 x 28 masks into the original images (the same paste as
+`mrcli eval` and `mrcli predict`).
+
+Any image size is taken. An image larger than the export's input capacity
+(export.json "max_input_size", `mrcli export --max-input-size`) is first
+shrunk on the host to fit it, keeping its aspect ratio, with Pillow's
+bilinear filter (antialiased when reducing: the resampling the exported
+function itself uses); boxes and masks still come back in the original
+image's pixels. Detections scoring below `score_threshold` (default 0.5, as
+`mrcli predict --score`) are left out.
 
 Per image, `model(rgb)` returns a dict (n = the image's detections, best first):
 
@@ -38,13 +47,15 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from mrcli.config import DEFAULT_SCORE
 from mrcli.ops.masks import paste_masks
 
 # The artifact's format and record file; mrcli.export writes what these name.
 FORMAT = "mrcli-export/1"
 RECORD = "export.json"
 
-__all__ = ["Model", "load", "read_record", "pack", "image_detections", "run_batches"]
+__all__ = ["Model", "load", "read_record", "fit", "pack", "image_detections", "run_batches",
+           "DEFAULT_SCORE"]
 
 
 def read_record(directory: str | Path) -> dict[str, Any]:
@@ -86,32 +97,59 @@ def pack(
     return buf, sizes
 
 
+def _is_rgb(rgb: np.ndarray) -> bool:
+    return rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and min(rgb.shape[:2]) >= 1
+
+
+def fit(rgb: np.ndarray, capacity: tuple[int, int]) -> np.ndarray:
+    """`rgb` ([h, w, 3] uint8) if it fits `capacity` (Hc, Wc), else shrunk to
+    fit it with its aspect ratio kept (Pillow bilinear, antialiased)."""
+    h, w = rgb.shape[:2]
+    Hc, Wc = capacity
+    if h <= Hc and w <= Wc:
+        return rgb
+    from PIL import Image
+
+    scale = min(Hc / h, Wc / w)
+    size = (min(Wc, max(1, round(w * scale))), min(Hc, max(1, round(h * scale))))  # PIL: (w, h)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+
+
 def image_detections(
     outputs: dict[str, np.ndarray],  # the exported function's outputs (batched)
     i: int,
     record: dict[str, Any],
     paste: bool = True,
+    original: tuple[int, int] | None = None,  # (h, w) the image had before `fit`
+    score_threshold: float = 0.0,
 ) -> dict[str, Any]:
-    """Image i of a batch's outputs as the per-image dict of the module docstring."""
-    n = int(outputs["num_detections"][i])
+    """Image i of a batch's outputs as the per-image dict of the module
+    docstring: detections scoring at least `score_threshold`, boxes scaled
+    from the fitted image to `original` pixels (default: as given)."""
     h, w = (int(v) for v in outputs["_image_sizes"][i])
+    H, W = original or (h, w)
+    scores = np.asarray(outputs["scores"][i, :int(outputs["num_detections"][i])], np.float32)
+    n = int(np.sum(scores >= score_threshold))  # best first: a prefix
     ids = {int(c["contiguous_id"]): (int(c["id"]), str(c["name"])) for c in record["categories"]}
     classes = np.asarray(outputs["classes"][i, :n], np.int32)
+    boxes = np.asarray(outputs["boxes"][i, :n], np.float32)
+    if (H, W) != (h, w):
+        boxes = boxes * np.array([W / w, H / h, W / w, H / h], np.float32)
     det: dict[str, Any] = {
-        "boxes": np.asarray(outputs["boxes"][i, :n], np.float32),
-        "scores": np.asarray(outputs["scores"][i, :n], np.float32),
+        "boxes": boxes,
+        "scores": scores[:n],
         "classes": classes,
         "category_ids": np.array([ids.get(int(c), (-1, ""))[0] for c in classes], np.int64),
         "names": [ids.get(int(c), (-1, "?"))[1] for c in classes],
-        "height": h,
-        "width": w,
+        "height": H,
+        "width": W,
     }
     if "masks" in outputs:
         probs = np.asarray(outputs["masks"][i, :n], np.float32)
         det["mask_probs"] = probs
         det["masks"] = None
         if paste:
-            det["masks"] = paste_masks(probs, det["boxes"], h, w,
+            det["masks"] = paste_masks(probs, det["boxes"], H, W,
                                        threshold=float(record.get("mask_threshold", 0.5)))  # fmt: skip
     return det
 
@@ -121,17 +159,22 @@ def run_batches(
     record: dict[str, Any],
     images: Sequence[np.ndarray],
     paste: bool = True,
+    score_threshold: float = DEFAULT_SCORE,
 ) -> list[dict[str, Any]]:
-    """Any number of images through an exported function of a fixed batch size."""
+    """Any number of images of any size through an exported function of a
+    fixed batch size and input capacity (module docstring)."""
     B = int(record["batch_size"])
     capacity = tuple(record["max_input_size"])
     out = []
     for start in range(0, len(images), B):
-        chunk = list(images[start: start + B])
-        buf, sizes = pack(chunk, B, capacity)
+        chunk = [np.asarray(rgb) for rgb in images[start: start + B]]
+        fitted = [fit(rgb, capacity) if _is_rgb(rgb) else rgb for rgb in chunk]  # pack names the rest
+        buf, sizes = pack(fitted, B, capacity)
         outputs = dict(run(buf, sizes))
         outputs["_image_sizes"] = sizes
-        out.extend(image_detections(outputs, i, record, paste) for i in range(len(chunk)))
+        out.extend(image_detections(outputs, i, record, paste, original=rgb.shape[:2],
+                                    score_threshold=score_threshold)
+                   for i, rgb in enumerate(chunk))  # fmt: skip
     return out
 
 
@@ -180,12 +223,15 @@ class Model:
         -> boxes, scores, classes, masks, num_detections (numpy)."""
         return jax.device_get(self._call(self.weights, images, image_sizes))
 
-    def predict(self, images: Sequence[np.ndarray], paste: bool = True) -> list[dict[str, Any]]:
-        """Detections of each image ([h, w, 3] uint8 RGB), in order."""
-        return run_batches(self.run, self.record, images, paste)
+    def predict(self, images: Sequence[np.ndarray], paste: bool = True,
+                score_threshold: float = DEFAULT_SCORE) -> list[dict[str, Any]]:  # fmt: skip
+        """Detections scoring at least `score_threshold` of each image ([h, w, 3]
+        uint8 RGB, any size), in order."""
+        return run_batches(self.run, self.record, images, paste, score_threshold)
 
-    def __call__(self, image: np.ndarray, paste: bool = True) -> dict[str, Any]:
-        return self.predict([image], paste)[0]
+    def __call__(self, image: np.ndarray, paste: bool = True,
+                 score_threshold: float = DEFAULT_SCORE) -> dict[str, Any]:  # fmt: skip
+        return self.predict([image], paste, score_threshold)[0]
 
 
 def load(directory: str | Path) -> Model:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from typing import Any
 
@@ -50,4 +51,5 @@ def system_info() -> dict[str, Any]:
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "bf16_fast": bf16_is_fast(backend, devices[0].device_kind),
+        "cpu_cores": os.cpu_count() or 1,
     }

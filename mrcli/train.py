@@ -243,6 +243,16 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def signal_name(signum: int) -> str:
+    """What a user calls a signal: Ctrl-C for SIGINT, else its name (SIGTERM)."""
+    if signum == signal.SIGINT:
+        return "Ctrl-C"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def init_model(cfg: Config, init_from: str | None, report: Report) -> tuple[model_lib.Model, Any]:
     """(Model, full model state): fresh, with `init_from`'s weights merged in.
 
@@ -357,9 +367,38 @@ def schedule_periods(steps: int) -> dict[str, Any]:
     }
 
 
-def _check_run(cfg: Config, ds: Dataset) -> None:
-    """What can be checked before the first compile."""
-    ds.check_split(cfg.data.train_split)
+def _check_run(cfg: Config, ds: Dataset, report: Report) -> None:
+    """What can be checked before the first compile: the splits, that the train
+    split has something to learn, the classes, the batch over the devices and
+    the data (the input pipeline's plan), the model's own settings."""
+    d = cfg.data
+    ds.check_split(d.train_split)
+    instances = ds.record["splits"][d.train_split].get("instances", 0)
+    if not instances:
+        raise UserError(
+            f"split {d.train_split!r} of dataset {ds.name!r} has no instances, nothing to learn "
+            "from: check its annotations (a COCO file needs an 'annotations' list) and prepare "
+            "it again"
+        )
+    if cfg.train.eval_every > 0 and d.eval_split not in ds.splits:
+        raise UserError(
+            f"dataset {ds.name!r} has no split {d.eval_split!r} for the periodic eval (its splits: "
+            f"{', '.join(ds.splits)}); prepare one (`mrcli prepare ... --val-fraction 0.1`), or "
+            f"evaluate on another (--set data.eval_split={d.train_split}: the AP then measures "
+            "memorisation), or --set train.eval_every=0"
+        )
+    if cfg.train.eval_every > 0 and d.eval_split == d.train_split:
+        report.say(f"the periodic eval runs on the training split {d.train_split!r}: its AP "
+                   "measures how well the model fits the data it trains on, not how it "
+                   "generalises", "warning")  # fmt: skip
+    model_lib.check_config(cfg.model)
+    n_dev = jax.device_count()
+    if cfg.train.global_batch % n_dev:
+        fit = max(n_dev, cfg.train.global_batch // n_dev * n_dev)
+        raise UserError(
+            f"train.global_batch={cfg.train.global_batch} does not split evenly over the {n_dev} "
+            f"devices: use a multiple of {n_dev} (--set train.global_batch={fit})"
+        )
     if ds.num_classes != cfg.model.num_classes:
         raise UserError(
             f"dataset {ds.name!r} has {ds.num_classes} classes but model.num_classes is "
@@ -536,7 +575,7 @@ def train(
     cfg = for_dataset(cfg, ds, explicit, report)
     parallel.use_cpu_cores(cfg.train.global_batch)
     tc = cfg.train
-    _check_run(cfg, ds)
+    _check_run(cfg, ds, report)
     how = runs.check_workdir(workdir, cfg, ds)
     resuming = how == "resume"
     if how == "restart":
@@ -553,13 +592,13 @@ def train(
     rep = parallel.replicated(mesh)
     state = jax.device_put(init_state(params, tx, tc.seed, constants), rep)
     step_fn = make_train_step(model_loss(model), tx, mesh, schedule)
-    # Everything that can fail is checked before the run writes anything.
-    compile_steps(step_fn, state, cfg, mesh, report)
-    runs.start_run(workdir, cfg, ds, how)
-
     with contextlib.ExitStack() as closing:
-        batches = pipeline.train_batches(cfg, ds)
+        # Everything that can fail is checked before the run writes anything:
+        # the batches' plan (enough images for a global batch), each step's memory.
+        batches = pipeline.train_batches(cfg, ds)  # its workers start with the first batch
         closing.callback(batches.close)
+        compile_steps(step_fn, state, cfg, mesh, report)
+        runs.start_run(workdir, cfg, ds, how)
         manager = runs.open_checkpoints(workdir, tc.keep_checkpoints)
         closing.callback(manager.close)
         start = 0
@@ -630,8 +669,8 @@ def train(
                         _draw_curves(workdir, report)
                     if stop.received is not None:
                         reason = "signal"
-                        report.say(f"stopped by signal {stop.received} at step {step}; saved, "
-                                   "resume with the same command")  # fmt: skip
+                        report.say(f"stopped by {signal_name(stop.received)} at step {step}; "
+                                   "saved, resume with the same command")  # fmt: skip
                         break
                     if stopping.stop:
                         reason = "early_stop"

@@ -226,7 +226,9 @@ def test_export_writes_the_artifact_and_verify_passes(exported):
 
 def test_round_trip_in_a_fresh_process_with_jax_alone(work, exported, native):
     """Load with mrcli.serving in a new process (which must not import flax, optax,
-    orbax, TensorFlow, PIL or the rest of mrcli), run, compare with native inference."""
+    orbax, TensorFlow, PIL (images within the capacity need no shrinking) or the
+    rest of mrcli but its standard-library-only config), run, compare with native
+    inference."""
     root, env = work
     _write_raw(root)
     result = _python("""
@@ -238,8 +240,8 @@ def test_round_trip_in_a_fresh_process_with_jax_alone(work, exported, native):
         names = sorted(p.name for p in Path("images").iterdir())
         # The images as a server gets them: decoded elsewhere (raw RGB arrays).
         images = [np.load("raw.npz")[n] for n in names]
-        dets = model.predict(images)
-        assert model(images[0])["scores"].tolist() == dets[0]["scores"].tolist()
+        dets = model.predict(images, score_threshold=0.0)  # all, as native inference
+        assert model(images[0], score_threshold=0.0)["scores"].tolist() == dets[0]["scores"].tolist()
         out = {}
         for n, d in zip(names, dets):
             for k in ("boxes", "scores", "classes", "masks", "category_ids"):
@@ -252,7 +254,8 @@ def test_round_trip_in_a_fresh_process_with_jax_alone(work, exported, native):
     heavy = [m for m in modules if m.split(".")[0] in
              ("flax", "optax", "orbax", "tensorflow", "PIL", "grain", "tensorflow_datasets")
              or (m.startswith("mrcli.") and m not in
-                 ("mrcli.serving", "mrcli.ops", "mrcli.ops.masks", "mrcli.ops.roi_align"))]  # fmt: skip
+                 ("mrcli.serving", "mrcli.ops", "mrcli.ops.masks", "mrcli.ops.roi_align",
+                 "mrcli.config", "mrcli.errors"))]  # fmt: skip
     assert heavy == [], heavy
     with np.load(root / "served.npz") as z:
         served = {k: z[k] for k in z.files}
@@ -306,6 +309,58 @@ def test_verify_without_images_uses_the_model_datasets_eval_split(work, exported
     rows = json.loads(result.stdout)["verify"]["images"]
     assert [r["name"].rsplit("/", 1)[0] for r in rows] == ["shapes/val"] * 3
     assert all(r["ok"] for r in rows)
+
+
+def test_default_capacity_covers_the_datasets_images_and_out_is_not_replaced_silently(work):
+    """Without --max-input-size the export takes the model dataset's largest
+    image as it is (issue 19: a tiny export refused the model's own 120x160
+    photos), so --verify on that dataset passes; a second export to the same
+    --out is refused unless --overwrite."""
+    from mrcli.data.prepare import prepare_shapes
+
+    root, env = work
+    prepare_shapes(data_dir=root / "data_big", num_train=2, num_val=2, size=200)
+    args = ["export", "--checkpoint", "ckpt", "--out", "out_default", "--platforms", "cpu",
+            "--data-dir", "data_big"]  # fmt: skip
+    result = _mrcli(*args, "--verify", "--json", env=env, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert data["record"]["max_input_size"] == [200, 200] and data["record"]["bucket"] == [64, 96]
+    assert "input capacity 200x200: the largest image of dataset 'shapes'" in result.stderr
+    assert data["verify"]["ok"] and len(data["verify"]["images"]) == 2
+    again = _mrcli(*args, env=env, cwd=root)
+    assert again.returncode == 2 and "--overwrite" in again.stderr, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    replaced = _mrcli(*args, "--overwrite", "--max-input-size", "100x100", env=env, cwd=root)
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert json.loads((root / "out_default" / "export.json").read_text())["max_input_size"] == [100, 100]
+
+
+def test_serving_takes_an_image_twice_the_capacity_in_original_pixels(exported):
+    """An image beyond the capacity is shrunk on the host (serving.fit) and its
+    detections come back in its own pixels; the default score threshold is
+    predict's (0.5)."""
+    from mrcli import serving
+
+    out, _, _ = exported
+    model = serving.load(out)
+    Hc, Wc = model.max_input_size
+    h, w = 2 * Hc, 2 * Wc
+    yy, xx = np.mgrid[:h, :w]
+    base = 127 + 100 * np.sin(xx / 14.0)[..., None] * np.cos(yy / 10.0)[..., None]
+    big = np.clip(base + np.random.default_rng(3).normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    fitted = serving.fit(big, (Hc, Wc))
+    assert fitted.shape == (Hc, Wc, 3)
+    got = model(big, score_threshold=0.0)
+    ref = model(fitted, score_threshold=0.0)
+    assert (got["height"], got["width"]) == (h, w) and len(got["scores"]) == len(ref["scores"]) > 0
+    np.testing.assert_array_equal(got["classes"], ref["classes"])
+    np.testing.assert_allclose(got["boxes"], ref["boxes"] * 2.0, rtol=1e-6)
+    assert got["masks"].shape == (len(got["scores"]), h, w)
+    assert got["boxes"][:, [2, 3]].max() > max(Hc, Wc) * 1.05  # beyond the capacity: original pixels
+    kept = model(big)
+    assert len(kept["scores"]) == int((got["scores"] >= 0.5).sum())
+    np.testing.assert_array_equal(kept["boxes"], got["boxes"][: len(kept["scores"])])
 
 
 # --- savedmodel ----------------------------------------------------------------------------

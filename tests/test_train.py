@@ -7,6 +7,7 @@ The processes share a JAX compilation cache, so only the first compiles.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,8 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data_dir, cache_dir
     ref = tmp_path / "uninterrupted"
     rc, _, err = _wait(_cli(_train_args(ref, steps, 2), data_dir, cache_dir))
     assert rc == 0, err
+    # stderr is a pipe, not a terminal: plain progress lines, the last one complete.
+    assert re.search(rf"^train {steps}/{steps} loss=\d.*img/s elapsed \d+:\d\d ETA 0:00$", err, re.M), err
 
     run = tmp_path / "killed"
     proc = _cli(_train_args(run, steps, 2), data_dir, cache_dir)
@@ -117,9 +120,29 @@ def test_sigterm_saves_and_exits_zero(tmp_path, data_dir, cache_dir):
     proc.send_signal(signal.SIGTERM)
     rc, _, err = _wait(proc)
     assert rc == 0, err
-    assert "stopped by signal" in err
+    assert "stopped by SIGTERM" in err
     saved = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and 0 < saved[0] < 500
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_data_workers_says_so_without_tracebacks(tmp_path, data_dir, cache_dir):
+    """Ctrl-C in a terminal signals the whole process group, data workers
+    included: the run saves and says "Ctrl-C"; no worker prints a traceback."""
+    run = tmp_path / "int"
+    args = _train_args(run, 1000, 500)
+    args[args.index("data.num_workers=0")] = "data.num_workers=2"
+    proc = _cli(args, data_dir, cache_dir, start_new_session=True)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").is_file():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, _, err = _wait(proc)
+    assert rc == 0, err
+    assert "stopped by Ctrl-C at step" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
 def test_workdir_of_another_config_or_dataset_is_refused(tmp_path, data_dir):

@@ -9,8 +9,13 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from mrcli.cli.display import err, print_json
+from mrcli.cli.display import out as stdout
 from mrcli.cli.options import Check, DataDir, Json, OnError, OnErrorOpt, Sets
 
+DropEmpty = Annotated[
+    bool, typer.Option("--drop-empty-categories", help="Leave out categories without any instance "
+                       "(e.g. labelme2coco's _background_) instead of keeping them as classes.")
+]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing dataset of the same name.")
 ]
@@ -26,8 +31,7 @@ prepare_app = typer.Typer(
     "Examples:\n\n"
     "  mrcli prepare shapes\n\n"
     "  mrcli prepare coco --manual-dir ~/datasets/coco\n\n"
-    "  mrcli prepare coco-json --annotations train.json --images imgs/ --name parts "
-    "--val-annotations val.json\n\n"
+    "  mrcli prepare coco-json --annotations train.json --images img/ --name parts\n\n"
     "  mrcli prepare cityscapes --manual-dir ~/datasets/cityscapes\n\n"
     "  mrcli prepare yolo --data data.yaml --name parts\n\n"
     "  mrcli prepare labelme --folder annotations/ --name parts --val-fraction 0.1",
@@ -132,6 +136,7 @@ def prepare_coco_json(
     data_dir: DataDir = None,
     check: Check = False,
     on_error: OnErrorOpt = OnError.fail,
+    drop_empty_categories: DropEmpty = False,
     overwrite: Overwrite = False,
     as_json: Json = False,
 ) -> None:
@@ -142,7 +147,9 @@ def prepare_coco_json(
 
     Without --val-annotations, --val-fraction holds out a val split.
 
-    Example: mrcli prepare coco-json --annotations train.json --images imgs/ --name parts
+    Example:
+
+      mrcli prepare coco-json --annotations train.json --images img/ --name parts
     --val-annotations val.json --on-error skip
     """
     from mrcli.data import prepare
@@ -150,7 +157,8 @@ def prepare_coco_json(
     _run_prepare(prepare.prepare_coco_json, as_json, annotations=annotations, images=images,
                  name=name, val_annotations=val_annotations, val_images=val_images,
                  val_fraction=val_fraction, data_dir=data_dir, on_error=on_error.value,
-                 check_only=check, overwrite=overwrite)  # fmt: skip
+                 check_only=check, overwrite=overwrite,
+                 drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 @prepare_app.command("cityscapes")
@@ -190,6 +198,7 @@ def prepare_yolo(
     data_dir: DataDir = None,
     check: Check = False,
     on_error: OnErrorOpt = OnError.fail,
+    drop_empty_categories: DropEmpty = False,
     overwrite: Overwrite = False,
     as_json: Json = False,
 ) -> None:
@@ -199,12 +208,15 @@ def prepare_yolo(
     a list or a mapping. Problems are named by label file and line. Without a
     val split in data.yaml, --val-fraction holds one out.
 
-    Example: mrcli prepare yolo --data data.yaml --name parts --val-fraction 0.1
+    Example:
+
+      mrcli prepare yolo --data data.yaml --name parts --val-fraction 0.1
     """
     from mrcli.data import prepare
 
     _run_prepare(prepare.prepare_yolo, as_json, data=data, name=name, val_fraction=val_fraction,
-                 data_dir=data_dir, on_error=on_error.value, check_only=check, overwrite=overwrite)  # fmt: skip
+                 data_dir=data_dir, on_error=on_error.value, check_only=check, overwrite=overwrite,
+                 drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 @prepare_app.command("labelme")
@@ -220,6 +232,7 @@ def prepare_labelme(
     data_dir: DataDir = None,
     check: Check = False,
     on_error: OnErrorOpt = OnError.fail,
+    drop_empty_categories: DropEmpty = False,
     overwrite: Overwrite = False,
     as_json: Json = False,
 ) -> None:
@@ -229,13 +242,16 @@ def prepare_labelme(
     The image is imageData when the file embeds it, else imagePath relative to
     the JSON. Problems are named by file and shape, e.g. "a.json (shapes\\[2])".
 
-    Example: mrcli prepare labelme --folder annotations/ --name parts --val-fraction 0.1
+    Example:
+
+      mrcli prepare labelme --folder annotations/ --name parts --val-fraction 0.1
     """
     from mrcli.data import prepare
 
     _run_prepare(prepare.prepare_labelme, as_json, folder=folder, name=name, classes=classes,
                  val_fraction=val_fraction, data_dir=data_dir, on_error=on_error.value,
-                 check_only=check, overwrite=overwrite)  # fmt: skip
+                 check_only=check, overwrite=overwrite,
+                 drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 @prepare_app.command("coco")
@@ -303,7 +319,9 @@ def show(
 
     Examples:
 
-      mrcli show shapes --split val --out overlays/ --num 4 --augmented --recipe tiny
+      mrcli show shapes --split val --out overlays/ --num 4
+
+      mrcli show shapes --out overlays/ --augmented --recipe tiny
 
       mrcli show shapes --stats --recipe tiny --out stats/
     """
@@ -328,7 +346,7 @@ def _show_stats(dataset: str, *, out: str, split: str, recipe: Optional[str], se
                 data_dir: Optional[str], as_json: bool) -> None:  # fmt: skip
     from rich.table import Table
 
-    from mrcli.cli.display import RichReport, out as stdout
+    from mrcli.cli.display import RichReport
     from mrcli.data.show import stats_dataset
 
     with RichReport() as report:
@@ -367,3 +385,35 @@ def _show_stats(dataset: str, *, out: str, split: str, recipe: Optional[str], se
     err.print(f"wrote {len(result.paths)} plot(s) of {dataset}/{split} to {out} "
               f"({', '.join(p.name for p in result.paths)}, each with its .json)",
               highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+
+
+def datasets(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """List the prepared datasets: name, classes, images and instances per split.
+
+    Example: mrcli datasets --data-dir ~/mrcli_data
+    """
+    from rich.table import Table
+
+    from mrcli.data.store import describe_datasets, resolve_data_dir
+
+    rows = describe_datasets(data_dir)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        err.print(f"no prepared datasets in {resolve_data_dir(data_dir)}; prepare one with "
+                  "`mrcli prepare shapes|coco|coco-json|cityscapes|yolo|labelme`",
+                  highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+        return
+    table = Table(title=f"datasets in {resolve_data_dir(data_dir)}")
+    table.add_column("name", no_wrap=True)
+    table.add_column("classes", justify="right")
+    table.add_column("split", no_wrap=True)
+    table.add_column("images", justify="right")
+    table.add_column("instances", justify="right")
+    for row in rows:
+        for k, (split, n) in enumerate(row["splits"].items()):
+            table.add_row(row["name"] if k == 0 else "", str(row["classes"]) if k == 0 else "",
+                          split, f"{n['images']:,}", f"{n['instances']:,}")  # fmt: skip
+        table.add_section()
+    stdout.print(table)

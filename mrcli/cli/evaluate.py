@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mrcli.cli.display import RichReport, err, out, print_json
-from mrcli.cli.options import Checkpoint, DataDir, Json, Sets, Weights, Workdir
+from mrcli.cli.options import Checkpoint, DataDir, InferenceSets, Json, Weights, Workdir
 
 
 def eval_cmd(
@@ -34,7 +34,7 @@ def eval_cmd(
         typer.Option("--plots/--no-plots", help="Draw precision-recall curves, AP by object size, "
                      "a confusion matrix and the worst images into OUT/plots (PNG + JSON)."),
     ] = True,
-    sets: Sets = None,
+    sets: InferenceSets = None,
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
@@ -73,18 +73,25 @@ def eval_cmd(
                   markup=False, soft_wrap=True)  # fmt: skip
 
 
+def _ap(value: float) -> str:
+    return "-" if value != value or value < 0 else f"{value:.3f}"
+
+
 def _print_tables(result: Any, console: Any) -> None:
     """The 12 COCO numbers of boxes and masks, then AP per class."""
     from mrcli.coco import STAT_NAMES
 
     kinds = [r for r in (result.bbox, result.segm) if r is not None]
+    if result.split:  # a line, not the title: a long path would wrap it into the table's width
+        console.print(f"COCO eval of {result.model} on {result.split}, {result.num_images} images",
+                      markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     table = Table(title=f"COCO eval, {result.num_images} images")
     table.add_column("")
     for r in kinds:
         table.add_column(r.iou_type, justify="right")
     for name in STAT_NAMES:
         # COCOeval reports -1 where the split has no ground truth of that size.
-        table.add_row(name, *(f"{r.stats[name]:.3f}" if r.stats[name] >= 0 else "-" for r in kinds))
+        table.add_row(name, *(_ap(r.stats[name]) for r in kinds))
     console.print(table)
     classes = Table(title="AP per class")
     classes.add_column("category")
@@ -92,8 +99,9 @@ def _print_tables(result: Any, console: Any) -> None:
         classes.add_column(r.iou_type, justify="right")
     names = result.category_names
     for cat_id in result.bbox.per_class_ap:
+        # nan: the split has no instance of the class (nor a detection of it).
         classes.add_row(f"{names.get(cat_id, cat_id)} ({cat_id})",
-                        *(f"{r.per_class_ap[cat_id]:.3f}" for r in kinds))  # fmt: skip
+                        *(_ap(r.per_class_ap[cat_id]) for r in kinds))  # fmt: skip
     console.print(classes)
     if result.official is not None:
         metric = result.official

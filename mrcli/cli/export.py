@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import Checkpoint, DataDir, Json, Weights, Workdir
+from mrcli.cli.display import out as stdout
+from mrcli.cli.options import Checkpoint, DataDir, InferenceSets, Json, Weights, Workdir
 
 
 def _verify_table(report: Any) -> Table:
@@ -48,7 +49,8 @@ def export(
     max_input_size: Annotated[
         Optional[str],
         typer.Option("--max-input-size", help="HxW of the largest raw image the artifact "
-                     "takes; default: --image-size."),
+                     "takes as it is (mrcli.serving shrinks larger ones); default: the largest "
+                     "image of the model's dataset."),
     ] = None,
     platforms: Annotated[
         str, typer.Option("--platforms", help="Comma-separated: cpu, cuda, rocm, tpu.")
@@ -70,6 +72,10 @@ def export(
     max_images: Annotated[
         int, typer.Option("--max-images", help="Verify on at most this many images (0 = all).")
     ] = 8,
+    sets: InferenceSets = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export at --out.")
+    ] = False,
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
@@ -81,11 +87,11 @@ def export(
 
       mrcli export --workdir runs/tiny --out exported/ --verify
 
-      mrcli export --checkpoint coco_r50/ --out exported/ --image-size 800x1344 --verify-images photos/
+      mrcli export --checkpoint coco_r50/ --out exported/ --image-size 800x1344
 
-      mrcli export --workdir runs/tiny --out exported_tf/ --format savedmodel --platforms cpu
+      mrcli export --workdir runs/tiny --out tf/ --format savedmodel
 
-      mrcli export --workdir runs/tiny --out exported/ --verify-only --verify-images photos/
+      mrcli export --workdir runs/tiny --out exported/ --verify-images photos/
     """
     from mrcli.export import run as export_run
 
@@ -95,7 +101,8 @@ def export(
                             max_input_size=max_input_size, platforms=platforms,
                             verify_source=verify_images, do_verify=verify,
                             verify_only=verify_only, max_verify_images=max_images,
-                            data_dir=data_dir, weights=weights, report=report)  # fmt: skip
+                            data_dir=data_dir, weights=weights, sets=sets or [],
+                            overwrite=overwrite, report=report)  # fmt: skip
     data: dict[str, Any] = {}
     if result.export is not None:
         rec = result.export.record
@@ -106,7 +113,7 @@ def export(
         data.update({"out": str(result.export.path), "record": rec,
                      "seconds": round(result.export.seconds, 2)})  # fmt: skip
     if result.verify is not None:
-        err.print(_verify_table(result.verify))
+        (err if as_json else stdout).print(_verify_table(result.verify))
         data["verify"] = result.verify.to_json()
     if as_json:
         print_json(data)

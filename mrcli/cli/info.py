@@ -26,6 +26,10 @@ def info(as_json: Json = False) -> None:
         return
     shown = dict(data)
     shown["devices"] = ", ".join(f"{d['kind']} ({d['platform']}) x{d['count']}" for d in data["devices"])
+    if data["backend"] == "cpu" and data["local_device_count"] == 1 and data["cpu_cores"] > 1:
+        # mrcli.parallel.use_cpu_cores: what `mrcli train` sees on this host.
+        shown["devices"] += (f"; mrcli train splits the CPU into up to {data['cpu_cores']} devices, "
+                             "one per core (as many as divide train.global_batch)")  # fmt: skip
     out.print(key_value_table("mrcli info", shown))
 
 

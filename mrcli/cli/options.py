@@ -19,6 +19,12 @@ Sets = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a config field: --set section.field=value (repeatable)."),
 ]
+# eval, predict, export: only how the trained model runs (mrcli.runs.with_sets).
+InferenceSets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Change how the model runs: data.*, eval.*, model.inference.* "
+                 "(thresholds, detections per image), model.rpn.*_nms_topk.test (repeatable)."),
+]
 # Which trained model a command uses (eval, predict, export; mrcli.runs.load_trained).
 Workdir = Annotated[Optional[str], typer.Option("--workdir", help="A training run's directory.")]
 Weights = Annotated[

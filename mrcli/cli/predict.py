@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import Checkpoint, Json, Weights, Workdir
+from mrcli.cli.options import Checkpoint, InferenceSets, Json, Weights, Workdir
+from mrcli.config import DEFAULT_SCORE
 
 
 def predict(
@@ -22,7 +23,7 @@ def predict(
     weights: Weights = None,
     score: Annotated[
         float, typer.Option("--score", help="Keep detections scoring above this.")
-    ] = 0.5,
+    ] = DEFAULT_SCORE,
     formats: Annotated[
         Optional[str],
         typer.Option("--format", help="Comma-separated: png (instance label maps), json (a side "
@@ -34,6 +35,7 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs of an earlier run.")
     ] = False,
+    sets: InferenceSets = None,
     as_json: Json = False,
 ) -> None:
     """Segment images: instance label maps (PNG + JSON), overlays, COCO results.
@@ -47,16 +49,16 @@ def predict(
 
       mrcli predict photos/ --out pred/ --workdir runs/tiny
 
-      mrcli predict 'photos/**/*.jpg' --out pred/ --checkpoint imported/ --score 0.7
+      mrcli predict 'photos/**/*.jpg' --out pred/ --workdir runs/r101 --score 0.7
 
-      mrcli predict photo.png --out pred/ --workdir runs/r101 --format png,json --json
+      mrcli predict photo.png --out pred/ --workdir runs/r101 --format png,json
     """
     from mrcli.predict import run as predict_run
 
     with RichReport() as report:
         result = predict_run(input, out, workdir=workdir, checkpoint=checkpoint, score=score,
                              formats=formats, batch_size=batch_size, overwrite=overwrite,
-                             weights=weights, report=report)  # fmt: skip
+                             weights=weights, sets=sets or [], report=report)  # fmt: skip
     skipped = f", skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(
         f"predicted {result.num_images} of {result.num_inputs} image(s){skipped}: "

@@ -46,7 +46,9 @@ def train(
 
       mrcli train --recipe finetune --data parts --workdir runs/parts
 
-      mrcli train --recipe r101_fpn --data coco --workdir runs/r101 --set train.global_batch=32
+      mrcli train --recipe r101_fpn --data coco --workdir runs/r101
+
+      mrcli train --recipe tiny --workdir runs/t2 --set train.global_batch=16
     """
     from mrcli import train as train_lib
 

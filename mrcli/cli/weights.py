@@ -20,7 +20,7 @@ weights_app = typer.Typer(
     "  mrcli weights list\n\n"
     "  mrcli weights get tv-maskrcnn-r50-fpn-coco\n\n"
     "  mrcli weights get d2-msra-r50-imagenet --file R-50.pkl\n\n"
-    "  mrcli weights import torchvision maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --out coco_r50/",
+    "  mrcli weights import torchvision maskrcnn_coco.pth --out coco_r50/",
     no_args_is_help=True,
 )
 
@@ -102,7 +102,9 @@ def weights_import(
 
     The COCO category map travels with the checkpoint.
 
-    Example: mrcli weights import torchvision maskrcnn_resnet50_fpn_coco.pth --out coco_r50/
+    Example:
+
+      mrcli weights import torchvision maskrcnn_coco.pth --out coco_r50/
     """
     from mrcli.weights import import_weights
 

@@ -84,6 +84,7 @@ KINDS: dict[str, Kind] = {
         Kind("converted_to_rgb", FIXED, "grayscale/palette/CMYK/16-bit/alpha image", "converted to 8-bit RGB"),
         Kind("box_from_mask", FIXED, "annotation without bbox", "box computed from the mask"),
         Kind("polygon_self_intersecting", NOTE, "self-intersecting polygon", "kept as pycocotools rasterises it"),
+        Kind("empty_category", NOTE, "category without any instance", "kept (--drop-empty-categories leaves it out)"),
         # Found by the readers of other formats (mrcli.data.yolo, .labelme, .cityscapes).
         Kind("malformed_label_file", FATAL, "annotation file unreadable or not in the format", "file skipped"),
         Kind("malformed_shape", FATAL, "label line or shape that cannot be read", "annotation skipped"),
@@ -137,6 +138,9 @@ class CheckReport:
     # Filled by check_coco: items dropped because of fatal problems.
     skipped_images: int = 0
     skipped_annotations: int = 0
+    # The likely cause of many problems at once (e.g. a wrong --images), said
+    # in place of suggesting --on-error skip, which would drop everything.
+    hints: list[str] = field(default_factory=list)
 
     def add(self, kind: str, file: str, message: str, image_id=None, ann_id=None, where: str = "") -> None:
         assert kind in KINDS, kind
@@ -146,6 +150,7 @@ class CheckReport:
         self.problems.extend(other.problems)
         self.skipped_images += other.skipped_images
         self.skipped_annotations += other.skipped_annotations
+        self.hints.extend(other.hints)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -380,6 +385,18 @@ def load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _missing_images_hint(images_dir: Path, missing: list[dict], total: int) -> str:
+    """Why most image files are not found, where that can be told: file names
+    that already start with the --images folder's own name, or a wrong folder."""
+    example = missing[0]["file_name"]
+    first = Path(example).parts[0] if Path(example).parts else ""
+    if first == images_dir.name and (images_dir.parent / example).is_file():
+        return (f"{len(missing)} of {total} image files are not found because the file names "
+                f"already start with '{first}/' (e.g. {example}): pass --images {images_dir.parent}")
+    return (f"{len(missing)} of {total} image files are not found under {images_dir} (e.g. "
+            f"{images_dir / example}): check --images; the file names are relative to it")
+
+
 def check_coco(
     annotations: Path | dict[str, Any],
     images_dir: Path,
@@ -408,6 +425,13 @@ def check_coco(
         json_name = json_name or str(annotations)
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images directory not found; check --images")
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise UserError(
+                f"{json_name}: no {key!r} list; a COCO file has 'images', 'annotations' and "
+                "'categories'" + (" (write \"annotations\": [] for images without any)"
+                                   if key == "annotations" else "")
+            )
     report = CheckReport()
     own_cats = read_categories(data.get("categories", []), json_name, report)
     cats = categories if categories is not None else own_cats
@@ -472,6 +496,10 @@ def check_coco(
     # are still checked (against that size), so that one run lists everything.
     json_sized: dict[int, tuple[int, int, dict]] = {}
     size_from = origins.size_from if origins is not None else "the JSON"
+    missing = [im for im, facts in zip(images, facts_list)
+               if facts.error_kind == "missing_image_file" and im["id"] not in embedded]  # fmt: skip
+    if images and len(missing) >= max(1, len(images) // 2):
+        report.hints.append(_missing_images_hint(images_dir, missing, len(images)))
     for im, facts in zip(images, facts_list):
         iid = im["id"]
         jh, jw = im.get("height"), im.get("width")

@@ -81,6 +81,7 @@ import io
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -527,8 +528,11 @@ def start_worker(parent_pid: int, worker_index: int, worker_count: int) -> None:
     parent *thread* that started the worker, which grain may start from a
     thread pool). Its stdout is /dev/null: workers print nothing a user reads
     there, and an inherited stdout would keep a caller's capture of mrcli's
-    output open; stderr stays, for their warnings."""
+    output open; stderr stays, for their warnings. Ctrl-C reaches the whole
+    process group; a worker ignores it (a KeyboardInterrupt traceback per
+    worker otherwise) and is stopped by its parent, which saves and exits."""
     del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent_pid:  # the parent died while this one started
         os._exit(1)
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -16,6 +16,7 @@ skipped. `check_only=True` checks without writing.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -24,6 +25,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
+
+import numpy as np
 
 from mrcli.data import cityscapes as cityscapes_lib
 from mrcli.data import labelme as labelme_lib
@@ -74,11 +77,41 @@ def _fail_message(report: CheckReport, check_only: bool) -> str:
     fatal = {k: n for k, n in counts.items() if KINDS[k].severity == FATAL}
     listing = ", ".join(f"{n} {k}" for k, n in fatal.items())
     what = "checked only" if check_only else "nothing written"
+    if report.hints:  # a likely cause, where --on-error skip would drop most of the data
+        return f"{sum(fatal.values())} problem(s) in the data ({listing}); {what}. " + "; ".join(report.hints)
     return (
         f"{sum(fatal.values())} problem(s) in the data ({listing}); {what}. Fix the data, or "
         f"re-run with --on-error skip to leave out the {report.skipped_images} bad image(s) "
         f"and {report.skipped_annotations} bad annotation(s)"
     )
+
+
+def _empty_categories(categories: list[dict[str, Any]], splits: dict[str, list[store.Example]],
+                      report: CheckReport, drop: bool) -> tuple[list, dict]:  # fmt: skip
+    """Categories without any instance in any split are reported (a class the
+    model would learn nothing about, e.g. labelme2coco's `_background_`); with
+    `drop` they are left out and the others renumbered 1..K."""
+    used = set()
+    for examples in splits.values():
+        for e in examples:
+            used.update(int(c) for c in np.asarray(e.classes))
+    empty = [c for c in categories if int(c["contiguous_id"]) not in used]
+    for c in empty:
+        why = " (labelme2coco writes this one)" if c["name"] == "_background_" else ""
+        report.add("empty_category", "categories", f"category {c['id']} {c['name']!r} has no instance"
+                   f"{why}: the model would learn a class it never sees"
+                   + ("; left out" if drop else "; --drop-empty-categories leaves it out"))  # fmt: skip
+    if not drop or not empty:
+        return categories, splits
+    kept = [c for c in categories if int(c["contiguous_id"]) in used]
+    lut = np.zeros(max(int(c["contiguous_id"]) for c in categories) + 1, np.int32)
+    renumbered = []
+    for k, c in enumerate(kept, 1):
+        lut[int(c["contiguous_id"])] = k
+        renumbered.append({**c, "contiguous_id": k})
+    splits = {s: [dataclasses.replace(e, classes=lut[np.asarray(e.classes, np.int64)].astype(np.int32))
+                  for e in examples] for s, examples in splits.items()}  # fmt: skip
+    return renumbered, splits
 
 
 def _finish(
@@ -93,11 +126,13 @@ def _finish(
     check_only: bool,
     overwrite: bool,
     progress: Progress,
+    drop_empty_categories: bool = False,
 ) -> PrepareResult:
     if on_error not in ("fail", "skip"):
         raise UserError(f"--on-error {on_error!r}: expected fail or skip")
     if report.fatal and on_error == "fail":
         raise DataCheckError(_fail_message(report, check_only), report)
+    categories, splits = _empty_categories(categories, splits, report, drop_empty_categories)
     for split, examples in splits.items():
         if not examples:
             raise UserError(f"split {split!r} has no images left to write")
@@ -188,6 +223,7 @@ def prepare_coco_json(
     on_error: OnError = "fail",
     check_only: bool = False,
     overwrite: bool = False,
+    drop_empty_categories: bool = False,
     progress: Progress = _no_progress,
     source: dict[str, Any] | None = None,
 ) -> PrepareResult:
@@ -220,7 +256,8 @@ def prepare_coco_json(
         **({"val_fraction": val_fraction} if val_fraction is not None else {}),
     }
     return _finish(name, data_dir, categories, splits, report, src, on_error=on_error,
-                   check_only=check_only, overwrite=overwrite, progress=progress)
+                   check_only=check_only, overwrite=overwrite, progress=progress,
+                   drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 # --- formats read into COCO-style dicts: Cityscapes, YOLO, labelme ---------------------------
@@ -237,6 +274,7 @@ def _prepare_converted(
     check_only: bool,
     overwrite: bool,
     progress: Progress,
+    drop_empty_categories: bool = False,
 ) -> PrepareResult:
     """Check every split of a converted dataset with the COCO checker, hold
     out a val split if asked, write."""
@@ -258,7 +296,8 @@ def _prepare_converted(
     splits = _with_val_fraction(splits, val_fraction, has_val)
     source = {**converted.source, **({"val_fraction": val_fraction} if val_fraction is not None else {})}
     return _finish(name, data_dir, categories, splits, report, source, on_error=on_error,
-                   check_only=check_only, overwrite=overwrite, progress=progress)
+                   check_only=check_only, overwrite=overwrite, progress=progress,
+                   drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 def prepare_yolo(
@@ -270,6 +309,7 @@ def prepare_yolo(
     on_error: OnError = "fail",
     check_only: bool = False,
     overwrite: bool = False,
+    drop_empty_categories: bool = False,
     progress: Progress = _no_progress,
 ) -> PrepareResult:
     """A YOLO segmentation dataset (Ultralytics data.yaml; mrcli.data.yolo):
@@ -278,7 +318,8 @@ def prepare_yolo(
     converted = yolo_lib.read_yolo(data)
     return _prepare_converted(converted, name=name, data_dir=data_dir, val_fraction=val_fraction,
                               has_val=f"{data} (val:)", on_error=on_error, check_only=check_only,
-                              overwrite=overwrite, progress=progress)  # fmt: skip
+                              overwrite=overwrite, progress=progress,
+                              drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 def prepare_labelme(
@@ -291,6 +332,7 @@ def prepare_labelme(
     on_error: OnError = "fail",
     check_only: bool = False,
     overwrite: bool = False,
+    drop_empty_categories: bool = False,
     progress: Progress = _no_progress,
 ) -> PrepareResult:
     """A folder of labelme JSON files (mrcli.data.labelme) as split "train",
@@ -300,7 +342,8 @@ def prepare_labelme(
     converted = labelme_lib.read_labelme(folder, classes)
     return _prepare_converted(converted, name=name, data_dir=data_dir, val_fraction=val_fraction,
                               has_val="", on_error=on_error, check_only=check_only,
-                              overwrite=overwrite, progress=progress)  # fmt: skip
+                              overwrite=overwrite, progress=progress,
+                              drop_empty_categories=drop_empty_categories)  # fmt: skip
 
 
 def prepare_cityscapes(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -132,21 +132,27 @@ def augmented_overlay(dataset: Dataset, split: str, index: int, cfg: Config,
 def show(dataset: Dataset, *, split: str, out: str | os.PathLike, num: int = 8,
          augmented: bool = False, cfg: Config | None = None, seed: int = 0) -> list[Path]:
     """Write overlay PNGs of the first `num` images of `split` to `out`;
-    returns their paths (SPLIT_IMAGEID.png, or SPLIT_IMAGEID_aug.png)."""
+    returns their paths, named after the photos' file names, folders joined
+    by _: photos/IMG_1.jpg -> photos_IMG_1.png (_aug.png with `augmented`;
+    _IMAGEID added where two names collide)."""
     dataset.check_split(split)
     if num < 1:
         raise UserError("--num must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = min(num, dataset.num_examples(split))
-    paths = []
+    paths, used = [], set()
     for k in range(n):
         if augmented:
             image_id, rgb = augmented_overlay(dataset, split, k, cfg or Config(), seed)
-            path = out / f"{split}_{image_id}_aug.png"
         else:
             image_id, rgb = raw_overlay(dataset, split, k)
-            path = out / f"{split}_{image_id}.png"
+        name = PurePosixPath(dataset.file_name(split, k).replace("\\", "/"))
+        stem = "_".join((*name.parent.parts, name.stem)).strip("_") or f"{split}_{image_id}"
+        if stem in used:
+            stem = f"{stem}_{image_id}"
+        used.add(stem)
+        path = out / (f"{stem}_aug.png" if augmented else f"{stem}.png")
         write_png(path, rgb)
         paths.append(path)
     return paths

@@ -100,6 +100,22 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[str]:
     return names
 
 
+def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """What `mrcli datasets` lists of each prepared dataset: name, classes, and
+    images and instances per split, read from the records (no images)."""
+    rows = []
+    for name in list_datasets(data_dir):
+        ds = Dataset(dataset_path(name, data_dir))
+        splits = ds.record.get("splits", {})
+        rows.append({
+            "name": name, "classes": ds.num_classes, "source": ds.record.get("source", {}).get("kind"),
+            "splits": {s: {"images": int(v.get("images", 0)), "instances": int(v.get("instances", 0))}
+                       for s, v in splits.items()},
+            "path": str(ds.path),
+        })  # fmt: skip
+    return rows
+
+
 def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Open the prepared dataset `name`; a UserError lists what exists."""
     root = resolve_data_dir(data_dir)
@@ -213,6 +229,10 @@ class Dataset:
                 f"{', ...' if self.num_classes > 5 else ''}); use --set model.num_classes="
                 f"{self.num_classes}"
             )
+
+    def file_name(self, split: str, index: int) -> str:
+        """The file name of stored record `index` of `split` (as prepared)."""
+        return _text(self.source(split)[index]["file_name"])
 
     def file_names(self, split: str) -> dict[int, str]:
         """image id -> file name (as prepared: relative to the source's images folder)."""

@@ -41,11 +41,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mrcli.config import ModelConfig, RoIAlignConfig
+from mrcli.errors import UserError
 from mrcli.model import losses, roi_heads, rpn
 from mrcli.model.backbone import ResNet, compute_dtype, stage_channels
 from mrcli.model.fpn import FPN
 from mrcli.model.heads import BoxHead, MaskHead, RPNHead, UNetMaskHead
 from mrcli.model.layers import Frozen
+from mrcli.ops import anchors as anchor_ops
 from mrcli.ops.roi_align import multilevel_roi_align
 
 Array = jax.Array
@@ -218,14 +220,44 @@ class Model:
         return losses.combine(terms, masks=net.mask_head is not None)
 
 
+def check_config(cfg: ModelConfig) -> None:
+    """A UserError for settings the model can be built with but would compute
+    wrongly with (one anchor size per FPN level, fractions and IoU thresholds
+    in range, ...), naming the field and what it must be."""
+    levels = len(anchor_ops.STRIDES)
+    problems = []
+    if len(cfg.anchors.sizes) != levels or min(cfg.anchors.sizes, default=0) <= 0:
+        problems.append(f"model.anchors.sizes={','.join(map(str, cfg.anchors.sizes))}: give one positive "
+                        f"size per FPN level P2..P6 ({levels} sizes, e.g. 32,64,128,256,512)")  # fmt: skip
+    if not cfg.anchors.aspect_ratios or min(cfg.anchors.aspect_ratios) <= 0:
+        problems.append("model.anchors.aspect_ratios: give at least one positive ratio (e.g. 0.5,1,2)")
+    if cfg.num_classes < 1:
+        problems.append(f"model.num_classes={cfg.num_classes}: at least 1")
+    for name, sec in (("rpn", cfg.rpn), ("roi_heads", cfg.roi_heads)):
+        if not 0 <= sec.bg_iou <= sec.fg_iou <= 1:
+            problems.append(f"model.{name}.bg_iou={sec.bg_iou} and fg_iou={sec.fg_iou}: need "
+                            "0 <= bg_iou <= fg_iou <= 1")  # fmt: skip
+        if not 0 < sec.positive_fraction <= 1 or sec.batch_per_image < 1:
+            problems.append(f"model.{name}.positive_fraction must be in (0, 1] and batch_per_image >= 1")
+    if cfg.masks and cfg.mask_head.kind == "unet" and cfg.mask_head.pool_size % 2:
+        problems.append(f"model.mask_head.pool_size={cfg.mask_head.pool_size}: the U-Net head needs "
+                        "an even size")  # fmt: skip
+    if min(cfg.input.pixel_std) <= 0:
+        problems.append("model.input.pixel_std: every channel's std must be positive")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def create(cfg: ModelConfig, seed: int = 0) -> tuple[Model, nnx.State]:
     """A freshly initialised model: (Model, state)."""
+    check_config(cfg)
     graphdef, state = nnx.split(MaskRCNN(cfg, rngs=nnx.Rngs(seed)))
     return Model(cfg, graphdef), state
 
 
 def abstract(cfg: ModelConfig) -> tuple[Model, nnx.State]:
     """(Model, state of jax.ShapeDtypeStruct), without allocating or computing anything."""
+    check_config(cfg)
     module = nnx.eval_shape(lambda: MaskRCNN(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(module)
     return Model(cfg, graphdef), state

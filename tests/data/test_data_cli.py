@@ -79,12 +79,12 @@ def test_prepare_shapes_json_and_show(tmp_path, capsys):
     code, out, err = run_cli(capsys, "show", "sh", "--data-dir", d, "--out", str(tmp_path / "o"),
                              "--num", "3", "--split", "val", "--json")
     assert code == 0, err
-    assert [Path(p).name for p in json.loads(out)] == ["val_1.png", "val_2.png"]
+    assert [Path(p).name for p in json.loads(out)] == ["val_000001.png", "val_000002.png"]
     code, out, err = run_cli(capsys, "show", "sh", "--data-dir", d, "--out", str(tmp_path / "o"),
                              "--num", "1", "--augmented", "--set", "data.image_size=64",
                              "--set", "data.max_size=64", "--json")
     assert code == 0, err
-    assert Path(json.loads(out)[0]).name == "train_1_aug.png"
+    assert Path(json.loads(out)[0]).name == "train_000001_aug.png"
 
 
 def test_show_errors_are_one_line(tmp_path, capsys):
