@@ -100,19 +100,19 @@ def test_train_and_eval_with_workers_leave_no_shared_memory(tmp_path, data_dir, 
 
 
 def test_a_step_beyond_this_machine_is_refused_before_it_runs(tmp_path, data_dir, cache_dir):
-    """The tiny model at 2048 px and 64 images a step: XLA's memory analysis of
+    """The tiny model at 4096 px and 24 images a step: XLA's memory analysis of
     the compiled step says it cannot fit, in one line naming what to lower,
     with exit 2, before anything is written."""
     run = tmp_path / "huge"
-    args = _train_args(run, 2, 1) + ["--set", "data.image_size=2048", "--set", "data.max_size=2048",
-                                       "--set", "train.global_batch=64"]  # fmt: skip
+    args = _train_args(run, 2, 1) + ["--set", "data.image_size=4096", "--set", "data.max_size=4096",
+                                       "--set", "train.global_batch=24"]  # fmt: skip
     start = time.time()
     rc, _, err = _wait(_cli(args, data_dir, cache_dir))
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2, err[-3000:]
     assert len(lines) == 1 and "Traceback" not in err
-    assert "the train step at 2048x2048, batch 64 needs" in lines[0]
-    assert "host RAM available" in lines[0] and "Lower train.global_batch (64)" in lines[0]
+    assert "the train step at 4096x4096, batch 24 needs" in lines[0]
+    assert "host RAM available" in lines[0] and "Lower train.global_batch (24)" in lines[0]
     assert time.time() - start < 180
     assert not run.exists() or not any(run.iterdir()), list(run.iterdir())
 

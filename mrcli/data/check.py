@@ -498,7 +498,7 @@ def check_coco(
     size_from = origins.size_from if origins is not None else "the JSON"
     missing = [im for im, facts in zip(images, facts_list)
                if facts.error_kind == "missing_image_file" and im["id"] not in embedded]  # fmt: skip
-    if images and len(missing) >= max(1, len(images) // 2):
+    if images and 2 * len(missing) > len(images):  # most of them: a folder mistake, not bad files
         report.hints.append(_missing_images_hint(images_dir, missing, len(images)))
     for im, facts in zip(images, facts_list):
         iid = im["id"]
