@@ -23,8 +23,8 @@ def eval_cmd(
     ] = None,
     out_dir: Annotated[
         Optional[str],
-        typer.Option("--out", help="Where to write detections.json, bbox.json, segm.json "
-                     "(default: WORKDIR/eval, else ./eval)."),
+        typer.Option("--out", help="Where to write detections.json, bbox.json, segm.json, "
+                     "keypoints.json (default: WORKDIR/eval, else ./eval)."),
     ] = None,
     max_images: Annotated[
         Optional[int], typer.Option("--max-images", help="Evaluate the first N images only.")
@@ -33,7 +33,8 @@ def eval_cmd(
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
-    """COCO box and mask AP of a trained model on a dataset split (pycocotools).
+    """COCO box and mask AP of a trained model on a dataset split (pycocotools),
+    and keypoint AP (OKS, the dataset's sigmas) for a keypoint model.
 
     On Cityscapes also the official instance-level AP (cityscapesScripts),
     when installed: pip install "mrcli[cityscapes]".
@@ -64,7 +65,7 @@ def eval_cmd(
 
 
 def _print_tables(result: Any, console: Any) -> None:
-    """The 12 COCO numbers of boxes and masks, then AP per class."""
+    """The 12 COCO numbers of boxes and masks, the 10 of keypoints (OKS), then AP per class."""
     from mrcli.coco import STAT_NAMES
 
     kinds = [r for r in (result.bbox, result.segm) if r is not None]
@@ -76,6 +77,16 @@ def _print_tables(result: Any, console: Any) -> None:
         # COCOeval reports -1 where the split has no ground truth of that size.
         table.add_row(name, *(f"{r.stats[name]:.3f}" if r.stats[name] >= 0 else "-" for r in kinds))
     console.print(table)
+    kp = result.keypoints
+    if kp is not None:
+        title = f"COCO keypoint eval (OKS), {result.num_images} images"
+        table = Table(title=title, min_width=len(title))
+        table.add_column("")
+        table.add_column("keypoints", justify="right")
+        for name, value in kp.stats.items():
+            table.add_row(name, f"{value:.3f}" if value >= 0 else "-")
+        console.print(table)
+        kinds = kinds + [kp]
     classes = Table(title="AP per class")
     classes.add_column("category")
     for r in kinds:
@@ -83,7 +94,8 @@ def _print_tables(result: Any, console: Any) -> None:
     names = result.category_names
     for cat_id in result.bbox.per_class_ap:
         classes.add_row(f"{names.get(cat_id, cat_id)} ({cat_id})",
-                        *(f"{r.per_class_ap[cat_id]:.3f}" for r in kinds))  # fmt: skip
+                        *(f"{r.per_class_ap[cat_id]:.3f}" if cat_id in r.per_class_ap else "-"
+                          for r in kinds))  # fmt: skip
     console.print(classes)
     if result.official is not None:
         metric = result.official
