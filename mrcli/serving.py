@@ -8,7 +8,8 @@
     dets = model.predict([rgb1, rgb2, ...])   # any number, batched as exported
 
 This module imports jax, numpy and the standard library (plus
-mrcli.ops.masks for pasting masks, itself jax + numpy): no flax, optax,
+mrcli.ops.masks and mrcli.ops.keypoints for pasting masks and decoding
+keypoint heatmaps, themselves jax + numpy): no flax, optax,
 orbax, TensorFlow or the rest of mrcli. The exported function does the
 resizing, normalisation and padding itself; what is left here is packing
 images into the fixed input shape and pasting the 28 x 28 masks into the
@@ -23,9 +24,12 @@ Per image, `model(rgb)` returns a dict (n = the image's detections, best first):
     names         list[str]          category names
     masks         [n, h, w] bool     pasted and thresholded at 0.5 (paste=False: None)
     mask_probs    [n, M, M] float32  the model's masks over the boxes (M = 28)
+    keypoints     [n, K, 3] float32  x, y in the image's pixels and a score per keypoint
+    keypoint_names list[str]         the K keypoints' names
     height, width int
 
-(no masks / mask_probs keys for a box-only model). `model.run(images,
+(no masks / mask_probs keys for a box-only model, no keypoint keys without a
+keypoint head). `model.run(images,
 image_sizes)` calls the exported function itself (export.json's signature).
 """
 
@@ -38,13 +42,14 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from mrcli.ops.keypoints import heatmaps_to_keypoints
 from mrcli.ops.masks import paste_masks
 
 # The artifact's format and record file; mrcli.export writes what these name.
 FORMAT = "mrcli-export/1"
 RECORD = "export.json"
 
-__all__ = ["Model", "load", "read_record", "pack", "image_detections", "run_batches"]
+__all__ = ["Model", "load", "read_record", "pack", "image_detections", "run_batches", "decode_keypoints"]
 
 
 def read_record(directory: str | Path) -> dict[str, Any]:
@@ -113,7 +118,19 @@ def image_detections(
         if paste:
             det["masks"] = paste_masks(probs, det["boxes"], h, w,
                                        threshold=float(record.get("mask_threshold", 0.5)))  # fmt: skip
+    if "keypoint_heatmaps" in outputs:
+        det["keypoints"] = decode_keypoints(outputs, i, n, float(record.get("keypoint_offset", 0.0)))
+        det["keypoint_names"] = list(record.get("keypoint_names", []))
     return det
+
+
+def decode_keypoints(outputs: dict[str, np.ndarray], i: int, n: int, offset: float) -> np.ndarray:
+    """[n, K, 3] keypoints (x, y in original pixels, score) of image i's n detections,
+    from the exported keypoint outputs (export.json's keypoint_decode)."""
+    xy, scores = heatmaps_to_keypoints(np.asarray(outputs["keypoint_heatmaps"][i, :n], np.float32),
+                                       np.asarray(outputs["keypoint_boxes"][i, :n], np.float32))  # fmt: skip
+    xy = xy * np.asarray(outputs["keypoint_scale"][i], np.float32) - np.float32(offset)
+    return np.concatenate([xy, scores[..., None]], axis=-1)
 
 
 def run_batches(
