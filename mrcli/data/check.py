@@ -93,6 +93,7 @@ KINDS: dict[str, Kind] = {
         Kind("keypoint_outside_image", FATAL, "labelled keypoint outside the image", "annotation skipped"),
         Kind("keypoints_without_names", FATAL, "keypoints of a category without keypoint names", "annotation skipped"),
         Kind("num_keypoints_mismatch", FIXED, "num_keypoints disagrees with the visibilities", "counted from the visibilities"),
+        Kind("mask_from_box", FIXED, "keypoint annotation without segmentation", "its box is its mask (train with model.masks=false)"),
         # Found by the readers of other formats (mrcli.data.yolo, .labelme, .cityscapes).
         Kind("malformed_label_file", FATAL, "annotation file unreadable or not in the format", "file skipped"),
         Kind("malformed_shape", FATAL, "label line or shape that cannot be read", "annotation skipped"),
@@ -653,6 +654,14 @@ def check_coco(
                         f"categories ({_short(sorted(valid_ids), 60)})", im, aid)
             fatal = True
         problems, counts, intersecting = _segmentation_to_rle(ann.get("segmentation"), h, w)
+        if ([k for k, _ in problems] == ["segmentation_missing"] and ann["category_id"] in kp_categories
+                and "bbox" in ann and not _check_box(ann.get("bbox"), h, w)[0]):
+            # Keypoint files often come without masks (pose annotation tools): the
+            # instance is its box, for box + keypoint models.
+            x1, y1, x2, y2 = _check_box(ann["bbox"], h, w)[2].tolist()
+            problems, counts = [], masklib.polygon_to_rle([[x1, y1, x2, y1, x2, y2, x1, y2]], h, w)
+            ann_problem("mask_from_box", "no segmentation; its box is its mask (train keypoint models "
+                        "with model.masks=false)", im, aid)  # fmt: skip
         for kind, msg in problems:
             ann_problem(kind, msg, im, aid)
             fatal = True

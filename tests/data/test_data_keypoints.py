@@ -168,3 +168,27 @@ def test_figures_are_named_points_with_left_on_the_image_right(tmp_path):
     assert {1.0, 2.0} <= seen <= {0.0, 1.0, 2.0}
     again = prepare_figures(data_dir=tmp_path / "again", num_train=12, num_val=3, seed=1)
     assert again.record["fingerprint"] == result.record["fingerprint"]
+
+
+def test_a_keypoint_annotation_without_segmentation_is_its_box(tmp_path, capsys):
+    """Pose tools export keypoints with an empty segmentation: the box becomes the
+    mask (reported), for box + keypoint models; other categories still need masks."""
+    ann, imgs = _keypoint_coco(tmp_path / "src")
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["segmentation"] = []
+    ann.write_text(json.dumps(data))
+    code, _, err = run_cli(capsys, "prepare", "coco-json", "--annotations", str(ann), "--images", str(imgs),
+                           "--name", "boxes", "--data-dir", str(tmp_path / "data"))  # fmt: skip
+    assert code == 0 and "[mask_from_box]" in err and "model.masks=false" in err, err
+    ds = find_dataset("boxes", tmp_path / "data")
+    gt = ds.coco_ground_truth("train")
+    assert gt["annotations"][0]["area"] == 162.0  # the given area is kept
+    from mrcli.data import masks as masklib
+
+    mask = masklib.decode(ds.source("train")[0]["rles"][0], 32, 32)
+    assert mask[2:20, 2:20].all() and mask.sum() == 18 * 18
+    data["annotations"][1]["segmentation"] = []  # category 2 has no keypoints
+    ann.write_text(json.dumps(data))
+    code, _, err = run_cli(capsys, "prepare", "coco-json", "--annotations", str(ann), "--images", str(imgs),
+                           "--name", "boxes2", "--data-dir", str(tmp_path / "data"))  # fmt: skip
+    assert code == 2 and "[segmentation_missing]" in err
