@@ -47,19 +47,11 @@ def run(tmp_path_factory):
     tvm = tv.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE
     )
-    for m in tvm.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = 1.0
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
-            torch.nn.init.normal_(m.bias, 0.0, 0.2)
-    tvm.train()
+    torchvision_ref.calibrate_batchnorm(tvm, x)
     with torch.no_grad():
-        images, _ = tvm.transform([x])
-        tvm.backbone.body(images.tensors)  # running stats := this image's statistics
         tvm.rpn.head.cls_logits.weight.mul_(8.0)
         tvm.roi_heads.box_predictor.cls_score.weight.mul_(3.0)
         tvm.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(2.0)
-    tvm.eval()
 
     ops_boxes = tv.ops.boxes
     with pytest.MonkeyPatch.context() as mp, torch.no_grad():

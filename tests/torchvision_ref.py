@@ -71,3 +71,23 @@ def load():
 
     torchvision.ops.boxes._assert_has_ops = lambda: None
     return torchvision
+
+
+def calibrate_batchnorm(tvm, x):
+    """Give a torchvision detector built with random weights (torch seeded) non-trivial
+    frozen BatchNorm: random affine parameters and running statistics set to those of
+    image `x` ([3, H, W] float in 0..1) by one train-mode forward of the backbone body
+    with momentum 1. Returns the transformed ImageList; the model is left in eval mode."""
+    import torch
+
+    for m in tvm.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.normal_(m.bias, 0.0, 0.2)
+    tvm.train()
+    with torch.no_grad():
+        images, _ = tvm.transform([x])
+        tvm.backbone.body(images.tensors)  # running stats := this image's statistics
+    tvm.eval()
+    return images

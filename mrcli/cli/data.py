@@ -14,6 +14,11 @@ from mrcli.cli.options import Check, DataDir, Json, OnError, OnErrorOpt, Sets
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing dataset of the same name.")
 ]
+# The built-in synthetic datasets' options (shapes, figures).
+NumTrain = Annotated[int, typer.Option("--num-train", help="Training images.")]
+NumVal = Annotated[int, typer.Option("--num-val", help="Validation images.")]
+Size = Annotated[int, typer.Option("--size", help="Long side of the images, pixels.")]
+Seed = Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")]
 ValFraction = Annotated[
     Optional[float],
     typer.Option("--val-fraction", help="Hold out this fraction of the images as the val split "
@@ -94,10 +99,10 @@ def _run_prepare(fn: Any, as_json: bool, **kwargs: Any) -> None:
 
 @prepare_app.command("shapes")
 def prepare_shapes(
-    num_train: Annotated[int, typer.Option("--num-train", help="Training images.")] = 2000,
-    num_val: Annotated[int, typer.Option("--num-val", help="Validation images.")] = 200,
-    size: Annotated[int, typer.Option("--size", help="Long side of the images, pixels.")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")] = 0,
+    num_train: NumTrain = 2000,
+    num_val: NumVal = 200,
+    size: Size = 128,
+    seed: Seed = 0,
     name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "shapes",
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
@@ -118,10 +123,10 @@ def prepare_shapes(
 
 @prepare_app.command("figures")
 def prepare_figures(
-    num_train: Annotated[int, typer.Option("--num-train", help="Training images.")] = 2000,
-    num_val: Annotated[int, typer.Option("--num-val", help="Validation images.")] = 200,
-    size: Annotated[int, typer.Option("--size", help="Long side of the images, pixels.")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")] = 0,
+    num_train: NumTrain = 2000,
+    num_val: NumVal = 200,
+    size: Size = 128,
+    seed: Seed = 0,
     name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "figures",
     data_dir: DataDir = None,
     overwrite: Overwrite = False,

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from mrcli.data import images as imagelib
 from mrcli.data import masks as masklib
+from mrcli.data import shapes
 from mrcli.data.shapes import _background
 from mrcli.data.store import Example
 
@@ -146,9 +147,4 @@ def make_example(seed: int, split: str, index: int, size: int) -> Example:
 
 
 def generate(num: int, split: str, *, size: int = 128, seed: int = 0, on_example=None) -> list[Example]:
-    out = []
-    for k in range(num):
-        out.append(make_example(seed, split, k, size))
-        if on_example is not None:
-            on_example()
-    return out
+    return shapes.generate(num, split, size=size, seed=seed, on_example=on_example, make=make_example)

@@ -162,17 +162,27 @@ def prepare_shapes(
     progress: Progress = _no_progress,
 ) -> PrepareResult:
     """The built-in synthetic shapes dataset (see `mrcli.data.shapes`)."""
+    return _prepare_synthetic("shapes", shapes_lib.generate, list(shapes_lib.CATEGORIES), 32, name=name,
+                              data_dir=data_dir, num_train=num_train, num_val=num_val, size=size, seed=seed,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def _prepare_synthetic(kind: str, generate: Callable[..., list[store.Example]],
+                       categories: list[dict[str, Any]], min_size: int, *, name: str,
+                       data_dir: str | os.PathLike | None, num_train: int, num_val: int, size: int,
+                       seed: int, overwrite: bool, progress: Progress) -> PrepareResult:  # fmt: skip
+    """A built-in synthetic dataset: train and val generated from the seed."""
     _check_target(name, data_dir, overwrite, False)
     if num_train < 1 or num_val < 1:
         raise UserError("--num-train and --num-val must be at least 1")
-    if not 32 <= size <= 4096:
-        raise UserError(f"--size {size}: expected 32..4096 pixels")
+    if not min_size <= size <= 4096:
+        raise UserError(f"--size {size}: expected {min_size}..4096 pixels")
     splits = {}
     for split, n in (("train", num_train), ("val", num_val)):
         advance = progress(f"generating {split}", n)
-        splits[split] = shapes_lib.generate(n, split, size=size, seed=seed, on_example=advance)
-    source = {"kind": "shapes", "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
-    return _finish(name, data_dir, list(shapes_lib.CATEGORIES), splits, CheckReport(), source,
+        splits[split] = generate(n, split, size=size, seed=seed, on_example=advance)
+    source = {"kind": kind, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    return _finish(name, data_dir, categories, splits, CheckReport(), source,
                    on_error="fail", check_only=False, overwrite=overwrite, progress=progress)
 
 
@@ -187,23 +197,15 @@ def prepare_figures(
     overwrite: bool = False,
     progress: Progress = _no_progress,
 ) -> PrepareResult:
-    """The built-in synthetic keypoint dataset (see `mrcli.data.figures`)."""
-    _check_target(name, data_dir, overwrite, False)
-    if num_train < 1 or num_val < 1:
-        raise UserError("--num-train and --num-val must be at least 1")
-    if not 64 <= size <= 4096:
-        raise UserError(f"--size {size}: expected 64..4096 pixels")
-    splits = {}
-    for split, n in (("train", num_train), ("val", num_val)):
-        advance = progress(f"generating {split}", n)
-        splits[split] = figures_lib.generate(n, split, size=size, seed=seed, on_example=advance)
+    """The built-in synthetic keypoint dataset (see `mrcli.data.figures`): its
+    keypoints give no sigmas, so they take the rule's (keypoint_sets.sigmas_rule)."""
     categories = []
     for cat in figures_lib.CATEGORIES:
         completed, rule = keypoint_sets.complete(cat, None, None)
         categories.append({**completed, "keypoint_sigmas_from": rule})
-    source = {"kind": "figures", "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
-    return _finish(name, data_dir, categories, splits, CheckReport(), source,
-                   on_error="fail", check_only=False, overwrite=overwrite, progress=progress)
+    return _prepare_synthetic("figures", figures_lib.generate, categories, 64, name=name, data_dir=data_dir,
+                              num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite,
+                              progress=progress)  # fmt: skip
 
 
 # --- any COCO-format dataset -------------------------------------------------------------

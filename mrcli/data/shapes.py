@@ -135,10 +135,13 @@ def make_example(seed: int, split: str, index: int, size: int, max_shapes: int =
     )
 
 
-def generate(num: int, split: str, *, size: int = 128, seed: int = 0, on_example=None) -> list[Example]:
+def generate(num: int, split: str, *, size: int = 128, seed: int = 0, on_example=None,
+             make=make_example) -> list[Example]:  # fmt: skip
+    """`num` examples of `split`, each `make(seed, split, index, size)` (the shapes'
+    by default; mrcli.data.figures passes its own)."""
     out = []
     for k in range(num):
-        out.append(make_example(seed, split, k, size))
+        out.append(make(seed, split, k, size))
         if on_example is not None:
             on_example()
     return out

@@ -1,4 +1,4 @@
-"""The few parameter holders the model is built from: conv, linear, 2x2 deconv, norms.
+"""The few parameter holders the model is built from: conv, linear, transposed convs, norms.
 
 Modules hold parameters only; their `__call__` is plain jax.lax arithmetic on
 NHWC activations with HWIO kernels (PyTorch OIHW kernels are transposed on
@@ -159,38 +159,6 @@ class Linear(nnx.Module):
         return y + self.bias[...].astype(self.dtype)
 
 
-class Deconv2x2(nnx.Module):
-    """2 x 2 transposed convolution with stride 2 (Mask R-CNN's mask upsampling).
-
-    The windows do not overlap, so output pixel (2i + a, 2j + b) is
-    x[i, j] @ W[a, b] + bias: an einsum, with PyTorch's ConvTranspose2d kernel
-    layout [C, O, a, b] (no spatial flip) mapping to W[a, b, C, O].
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        init=he_fan_out,
-        trainable: bool = True,
-        dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        var = variable_type(trainable)
-        # fan_out of a stride-2 2x2 deconv = O * 4, as Caffe2's msra fill counts it.
-        self.kernel = var(init(rngs.params(), (2, 2, in_features, out_features), jnp.float32))
-        self.bias = var(jnp.zeros((out_features,), jnp.float32))
-        self.dtype = dtype
-
-    def __call__(self, x: Array) -> Array:  # [R,H,W,C] -> [R,2H,2W,O]
-        r, h, w, _ = x.shape
-        k = self.kernel[...].astype(self.dtype)
-        y = jnp.einsum("rhwc,abco->rhawbo", x.astype(self.dtype), k)
-        y = y.reshape(r, 2 * h, 2 * w, k.shape[-1])
-        return y + self.bias[...].astype(self.dtype)
-
-
 class ConvTranspose(nnx.Module):
     """k x k transposed convolution with stride s and PyTorch's `padding` p: output
     side (n - 1) s - 2p + k (Keypoint R-CNN's 4 x 4, stride 2, padding 1: 2n).
@@ -233,6 +201,28 @@ class ConvTranspose(nnx.Module):
             lhs_dilation=(self.stride, self.stride),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
+        return y + self.bias[...].astype(self.dtype)
+
+
+class Deconv2x2(ConvTranspose):
+    """2 x 2 transposed convolution with stride 2 (Mask R-CNN's mask upsampling).
+
+    The windows do not overlap, so output pixel (2i + a, 2j + b) is
+    x[i, j] @ W[a, b] + bias: an einsum, with PyTorch's ConvTranspose2d kernel
+    layout [C, O, a, b] (no spatial flip) mapping to W[a, b, C, O].
+    Init: fan_out of a stride-2 2x2 deconv = O * 4, as Caffe2's msra fill counts it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, init=he_fan_out, trainable: bool = True,
+                 dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        super().__init__(in_features, out_features, 2, stride=2, padding=0, init=init, trainable=trainable,
+                         dtype=dtype, rngs=rngs)  # fmt: skip
+
+    def __call__(self, x: Array) -> Array:  # [R,H,W,C] -> [R,2H,2W,O]
+        r, h, w, _ = x.shape
+        k = self.kernel[...].astype(self.dtype)
+        y = jnp.einsum("rhwc,abco->rhawbo", x.astype(self.dtype), k)
+        y = y.reshape(r, 2 * h, 2 * w, k.shape[-1])
         return y + self.bias[...].astype(self.dtype)
 
 
