@@ -22,14 +22,11 @@ The tests and the `tiny_keypoints` recipe use it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mrcli.data import images as imagelib
-from mrcli.data import masks as masklib
 from mrcli.data import shapes
 from mrcli.data.shapes import _background
 from mrcli.data.store import Example
@@ -126,24 +123,8 @@ def render(seed: int, split: str, index: int, size: int,
 
 def make_example(seed: int, split: str, index: int, size: int) -> Example:
     rgb, figures = render(seed, split, index, size)
-    h, w = rgb.shape[:2]
-    data = imagelib.encode_jpeg(rgb, quality=92)
-    rles = [masklib.encode(m) for m, _ in figures]
-    return Example(
-        image_id=index + 1,
-        file_name=f"{split}/{index + 1:06d}.jpg",
-        height=h,
-        width=w,
-        load=lambda data=data: data,
-        ann_ids=np.arange(1, len(figures) + 1, dtype=np.int64) + 100 * (index + 1),
-        boxes=np.array([masklib.tight_box(r, h, w) for r in rles], np.float32).reshape(-1, 4),
-        classes=np.ones(len(figures), np.int32),
-        crowd=np.zeros(len(figures), bool),
-        areas=np.array([float(m.sum()) for m, _ in figures], np.float32),
-        rles=rles,
-        keypoints=np.array([kp for _, kp in figures], np.float32).reshape(-1, len(KEYPOINTS), 3),
-        image_sha256=hashlib.sha256(data).hexdigest(),
-    )
+    keypoints = np.array([kp for _, kp in figures], np.float32).reshape(-1, len(KEYPOINTS), 3)
+    return shapes.synthetic_example(split, index, rgb, [m for m, _ in figures], [1] * len(figures), keypoints)
 
 
 def generate(num: int, split: str, *, size: int = 128, seed: int = 0, on_example=None) -> list[Example]:
