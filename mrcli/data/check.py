@@ -206,7 +206,7 @@ def read_categories(raw: Any, json_name: str, report: CheckReport) -> list[dict[
         c = seen[cid]
         cat = {"id": cid, "contiguous_id": k, "name": c["name"],
                "supercategory": str(c.get("supercategory", ""))}
-        if c.get("keypoints") is not None:
+        if c.get("keypoints"):  # an empty list, as some exports write for every category: none
             fields = _keypoint_fields(c, json_name, report)
             if fields is not None and shared is not None and tuple(fields["keypoints"]) != shared:
                 report.add("keypoint_set_invalid", json_name,
@@ -680,7 +680,7 @@ def check_coco(
         else:
             box = None
         keypoints = np.zeros((num_kp, 3), np.float32)
-        if ann.get("keypoints") is not None and ann["category_id"] in valid_ids:
+        if ann.get("keypoints") and ann["category_id"] in valid_ids:  # [] is no keypoints
             if ann["category_id"] not in kp_categories:
                 ann_problem("keypoints_without_names", f"keypoints given, but category "
                             f"{ann['category_id']} names no keypoints (its 'keypoints' list)", im, aid)  # fmt: skip

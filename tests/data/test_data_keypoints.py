@@ -192,3 +192,18 @@ def test_a_keypoint_annotation_without_segmentation_is_its_box(tmp_path, capsys)
     code, _, err = run_cli(capsys, "prepare", "coco-json", "--annotations", str(ann), "--images", str(imgs),
                            "--name", "boxes2", "--data-dir", str(tmp_path / "data"))  # fmt: skip
     assert code == 2 and "[segmentation_missing]" in err
+
+
+def test_empty_keypoint_lists_mean_no_keypoints(tmp_path):
+    """Exports that write "keypoints": [] for every category and annotation are plain
+    instance datasets, not malformed keypoint files."""
+    data = small_coco(tmp_path / "src")
+    for cat in data["categories"]:
+        cat["keypoints"] = []
+    for ann in data["annotations"]:
+        ann["keypoints"], ann["num_keypoints"] = [], 0
+    (tmp_path / "src" / "a.json").write_text(json.dumps(data))
+    result = prepare_coco_json(annotations=tmp_path / "src" / "a.json", images=tmp_path / "src" / "imgs",
+                               name="empty", data_dir=tmp_path / "data")  # fmt: skip
+    assert not result.report.problems
+    assert find_dataset("empty", tmp_path / "data").keypoint_set is None
