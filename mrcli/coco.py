@@ -7,7 +7,12 @@ name only when complete (temp file + rename, docs/design.md §7).
 Category ids in results are the dataset's own ids, mapped from the model's
 contiguous ids 1..K with the category map stored with the dataset/checkpoint.
 
-Dimension key: D detections, H/W image height/width (original image pixels).
+Keypoints are scored by OKS (iouType "keypoints", Ronchi & Perona 2017) with
+the dataset's sigmas (mrcli.keypoint_sets: COCO's 17 for person keypoints),
+over the categories that have keypoints.
+
+Dimension key: D detections, H/W image height/width (original image pixels),
+Kp keypoints.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
     "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
 )  # fmt: skip
-IOU_TYPES = ("bbox", "segm")
+# COCOeval.summarize's 10 numbers for keypoints (OKS), in its order (maxDets 20,
+# no small objects).
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -55,8 +63,11 @@ def to_coco_results(
     valid: np.ndarray,  # [D] bool, padded slots False
     dataset_ids: Sequence[int],  # dataset_ids[k] = dataset category id of contiguous k (0 unused)
     masks: np.ndarray | None = None,  # [D,H,W] bool, pasted into the original image
+    keypoints: np.ndarray | None = None,  # [D,Kp,3] float: x, y original pixels, score
 ) -> list[dict[str, Any]]:
-    """One image's valid detections as COCO result dicts (bbox xywh, segmentation RLE).
+    """One image's valid detections as COCO result dicts (bbox xywh, segmentation
+    RLE, keypoints [x1, y1, s1, ...] with each keypoint's score as the third
+    value, as Detectron2 writes them; COCOeval reads only x and y).
 
     A class the category map does not name (dataset id 0: the unused "N/A"
     outputs of torchvision's 91-slot COCO models) is left out."""
@@ -73,6 +84,8 @@ def to_coco_results(
         }
         if rles is not None:
             result["segmentation"] = rles[j]
+        if keypoints is not None:
+            result["keypoints"] = [round(float(v), 3) for v in np.asarray(keypoints[d]).reshape(-1)]
         results.append(result)
     return results
 
@@ -130,7 +143,9 @@ class ResultsWriter:
 @dataclass(frozen=True)
 class EvalResult:
     iou_type: str
-    stats: dict[str, float]  # STAT_NAMES -> value (-1 where COCOeval has no gt of that kind)
+    # STAT_NAMES (KEYPOINT_STAT_NAMES for keypoints) -> value (-1 where COCOeval has
+    # no gt of that kind)
+    stats: dict[str, float]
     per_class_ap: dict[int, float]  # dataset category id -> AP@[.5:.95] (nan without gt)
     # COCOeval.eval["precision"], kept for the PR curves and AP by size (pr_curves,
     # ap_by_size): [T iou thresholds, R recall points, K classes, A areas (all, small,
@@ -142,13 +157,29 @@ class EvalResult:
     recall_points: tuple[float, ...] = ()  # the R axis (0, 0.01, ..., 1)
 
 
+@dataclass(frozen=True)
+class KeypointEval:
+    """What COCO's keypoint eval (OKS) needs beyond the files: the keypoint set's
+    sigmas and the categories that have keypoints (mrcli.keypoint_sets)."""
+
+    sigmas: tuple[float, ...]
+    category_ids: tuple[int, ...]
+
+
+def stat_names(iou_type: str) -> tuple[str, ...]:
+    return KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+
+
 def coco_evaluate(
     gt: COCO,
     results: str | os.PathLike[str] | list[dict[str, Any]],
     iou_type: str,
     image_ids: Sequence[int] | None = None,
+    keypoints: KeypointEval | None = None,
 ) -> EvalResult:
     """COCOeval of a results file (or list) against `gt`, over `image_ids` (default: all).
+    iou_type "keypoints" (OKS) needs `keypoints`: the sigmas, and the categories it
+    scores (the ones with keypoints).
 
     COCOeval's printing is captured, so stdout stays clean for --json."""
     if iou_type not in IOU_TYPES:
@@ -158,19 +189,25 @@ def coco_evaluate(
             results = json.load(f)
     if iou_type == "segm" and results and "segmentation" not in results[0]:
         raise ValueError("these results have no masks (a box-only model); evaluate 'bbox' only")
-    cat_ids = sorted(gt.getCatIds())
+    if iou_type == "keypoints" and (keypoints is None or (results and "keypoints" not in results[0])):
+        raise ValueError("keypoint eval needs results with keypoints and the dataset's sigmas")
+    cat_ids = sorted(gt.getCatIds()) if keypoints is None else sorted(keypoints.category_ids)
+    names = stat_names(iou_type)
     if not results:
-        stats = {name: 0.0 for name in STAT_NAMES}
+        stats = {name: 0.0 for name in names}
         return EvalResult(iou_type, stats, {c: 0.0 for c in cat_ids}, cat_ids=tuple(cat_ids))
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iou_type)
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
+        if iou_type == "keypoints":
+            ev.params.kpt_oks_sigmas = np.asarray(keypoints.sigmas, np.float64)
+            ev.params.catIds = cat_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    stats = {name: float(v) for name, v in zip(names, ev.stats)}
     # precision [T iou thresholds, R recall points, K classes, A areas, M maxDets];
     # area "all" and maxDets 100 are index 0 and -1 (COCOeval.Params).
     precision = ev.eval["precision"]
@@ -228,13 +265,17 @@ class DatasetEval:
     # What was scored, for titles: "shapes/val" and "runs/tiny step 1000".
     split: str = ""
     model: str = ""
+    keypoints: EvalResult | None = None  # OKS, for a keypoint model on a keypoint dataset
 
     def summary(self) -> dict[str, float]:
         """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each),
-        and the dataset's own metric's (cityscapes_AP, ...)."""
+        keypoints_AP, ... (the 10 of OKS) and the dataset's own metric's
+        (cityscapes_AP, ...)."""
         out = {f"bbox_{k}": v for k, v in self.bbox.stats.items()}
         if self.segm is not None:
             out.update({f"segm_{k}": v for k, v in self.segm.stats.items()})
+        if self.keypoints is not None:
+            out.update({f"keypoints_{k}": v for k, v in self.keypoints.stats.items()})
         if self.official is not None:
             out.update({f"{self.official.key}_{k}": v for k, v in self.official.stats.items()})
         return out
@@ -248,17 +289,20 @@ def score(
     masks: bool,
     category_names: dict[int, str],
     out_dir: str | os.PathLike[str] | None = None,
+    keypoints: KeypointEval | None = None,
 ) -> DatasetEval:
-    """COCOeval of a results file over `image_ids`: bbox, and segm with `masks`;
-    with `out_dir`, each iou type's numbers also go to OUT/{bbox,segm}.json."""
+    """COCOeval of a results file over `image_ids`: bbox, segm with `masks`, and
+    keypoints (OKS) with `keypoints`; with `out_dir`, each iou type's numbers
+    also go to OUT/{bbox,segm,keypoints}.json."""
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = ground_truth
         gt.createIndex()
     bbox = coco_evaluate(gt, results_path, "bbox", image_ids)
     segm = coco_evaluate(gt, results_path, "segm", image_ids) if masks else None
+    kps = coco_evaluate(gt, results_path, "keypoints", image_ids, keypoints) if keypoints else None
     if out_dir is not None:
-        for result in (bbox, segm):
+        for result in (bbox, segm, kps):
             if result is not None:
                 write_json_atomic(Path(out_dir) / f"{result.iou_type}.json", {
                     "stats": result.stats,
@@ -266,7 +310,8 @@ def score(
                     "num_images": len(image_ids),
                 })  # fmt: skip
     return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path,
-                       category_names=category_names, image_ids=tuple(int(i) for i in image_ids))  # fmt: skip
+                       category_names=category_names, image_ids=tuple(int(i) for i in image_ids),
+                       keypoints=kps)  # fmt: skip
 
 
 # --- what the pictures of an evaluation draw (mrcli.plots, mrcli.evaluate) ------------------

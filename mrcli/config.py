@@ -75,6 +75,9 @@ class DataConfig:
     # its rarest class (stochastic rounding per epoch); t = 0 turns it off, LVIS
     # uses 0.001.
     repeat_factor_threshold: float = 0.0
+    # Keypoint models (model.keypoints) train only on images with at least this
+    # many labelled keypoints (Detectron2's MIN_KEYPOINTS_PER_IMAGE: 1); 0 keeps all.
+    min_keypoints_per_image: int = 1
 
     def resolved_buckets(self) -> tuple[tuple[int, int], ...]:
         """The buckets, derived from the image sizes where not given."""
@@ -229,6 +232,39 @@ DEFAULT_SCORE = 0.5
 
 
 @dataclass(frozen=True)
+class KeypointHeadConfig:
+    # K keypoints per instance (COCO person: 17); training takes it from the dataset.
+    num_keypoints: int = 17
+    # RoIAlign output side (He et al. 2017 §5; torchvision and Detectron2: 14).
+    pool_size: int = 14
+    # Number and width of the 3x3 convs + ReLU before the 4x4 stride-2 deconv
+    # (paper §5: 8 x 512, as torchvision and Detectron2). The heatmaps are
+    # 4 * pool_size on a side (deconv 2x, then bilinear 2x: 56), `heatmap_size`.
+    convs: int = 8
+    dim: int = 512
+    # Foreground RoIs per image the head trains on (a static shape): the positives
+    # of roi_heads.batch_per_image (512 x 25% = 128 at most).
+    fg_slots: int = 128
+    # Normalisation of the softmax cross-entropy over the heatmap positions:
+    # "visible" divides by the visible keypoints inside their RoIs in the batch
+    # (torchvision; Detectron2's NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS), "constant"
+    # by images x batch_per_image x positive_fraction x K (Detectron2's other choice).
+    loss_normalization: Literal["visible", "constant"] = "visible"
+    # Weight of the keypoint loss (Detectron2 LOSS_WEIGHT: 1 with "visible", 4
+    # recommended with "constant").
+    loss_weight: float = 1.0
+    # Added to a dataset's keypoint coordinates (COCO's are pixel indices) as they
+    # are read, taken off predictions as they are written: 0 (torchvision) or 0.5
+    # (Detectron2: the pixel's centre, Heckbert 1990).
+    coordinate_offset: float = 0.0
+
+    @property
+    def heatmap_size(self) -> int:
+        """Side of the heatmaps: the 2x deconv and the 2x bilinear upsampling of the pool."""
+        return 4 * self.pool_size
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     # Detections: score threshold, per-class NMS IoU, detections per image.
     score_threshold: float = 0.05
@@ -253,6 +289,10 @@ class ModelConfig:
     num_classes: int = 80
     # The mask branch (off = box-only Faster R-CNN).
     masks: bool = True
+    # The keypoint branch (Keypoint R-CNN, He et al. 2017 §5), independent of
+    # masks: boxes + keypoints, or boxes + masks + keypoints (Detectron2's
+    # MASK_ON / KEYPOINT_ON).
+    keypoints: bool = False
     # Dtype of convs and matmuls; parameters, box arithmetic, losses and NMS
     # stay float32. bfloat16 on GPU/TPU, float32 on CPU.
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -266,6 +306,7 @@ class ModelConfig:
     roi_heads: RoIHeadsConfig = RoIHeadsConfig()
     box_head: BoxHeadConfig = BoxHeadConfig()
     mask_head: MaskHeadConfig = MaskHeadConfig()
+    keypoint_head: KeypointHeadConfig = KeypointHeadConfig()
     inference: InferenceConfig = InferenceConfig()
 
 
@@ -314,7 +355,7 @@ class TrainConfig:
     # (the best checkpoint is kept); 0 never stops early.
     patience: int = 0
     # What "best" means for the kept checkpoint and for patience.
-    best_metric: Literal["segm_AP", "bbox_AP"] = "segm_AP"
+    best_metric: Literal["segm_AP", "bbox_AP", "keypoints_AP"] = "segm_AP"
 
 
 @dataclass(frozen=True)
@@ -432,6 +473,7 @@ DETECTRON2_NUMERICS: dict[str, Any] = {
     "model.rpn.smooth_l1_beta": 0.0,
     "model.box_head.smooth_l1_beta": 0.0,
     "model.rpn.post_nms_topk.train": 1000,
+    "model.keypoint_head.coordinate_offset": 0.5,
 }
 
 

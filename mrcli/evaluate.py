@@ -1,7 +1,8 @@
-"""`mrcli eval`: a trained model's COCO box and mask AP on a prepared dataset's split.
+"""`mrcli eval`: a trained model's COCO box, mask and keypoint AP on a prepared dataset's split.
 
     result = run_eval(workdir="runs/tiny")            # its best checkpoint, data.eval_split
     result.bbox.stats["AP"], result.segm.stats["AP"], result.results_path
+    result.keypoints.stats["AP"]                      # a keypoint model (OKS)
 
 The model (a run's checkpoint or a checkpoint directory, mrcli.runs) goes
 through mrcli.inference.evaluate_split, which the periodic evaluation of

@@ -11,7 +11,8 @@ One pure function is exported, with the model's weights as its first argument
 (so they live in a file beside the program, and a SavedModel keeps them as
 variables)::
 
-    serve(weights, images, image_sizes) -> {boxes, scores, classes, masks, num_detections}
+    serve(weights, images, image_sizes) -> {boxes, scores, classes, masks, keypoint_heatmaps,
+                                           keypoint_boxes, keypoint_scale, num_detections}
 
     images          [B, Hc, Wc, 3] uint8   RGB, each image at the top-left; pixels
                                            outside its size are ignored
@@ -22,6 +23,10 @@ variables)::
                                            the dataset's category ids and names); 0 empty
     masks           [B, D, M, M]   float32 probability of the detected class's mask over
                                            its box (M = 28); absent for box-only models
+    keypoint_heatmaps [B, D, K, S, S] float32 keypoint models: logits over each
+                                           detection's keypoint_boxes (S = 56)
+    keypoint_boxes  [B, D, 4]      float32 those boxes in the model's input (resized) pixels
+    keypoint_scale  [B, 2]         float32 (x, y) from input pixels to original pixels
     num_detections  [B]            int32   slots [0, n) are detections, the rest zeros
 
 Inside: the input pipeline's evaluation preprocessing, bit for bit
@@ -33,7 +38,11 @@ boxes mapped back to original pixels by resized / original size per axis
 (torchvision's postprocess, mrcli.inference.to_original). Pasting the
 28 x 28 masks into full-size images happens on the host (mrcli.serving,
 with the same paste as `mrcli eval`): full-size masks of every slot would
-be [B, D, Hc, Wc] outputs.
+be [B, D, Hc, Wc] outputs. Keypoints likewise: their decode resizes each
+heatmap to its box's size (torchvision's heatmaps_to_keypoints), not a static
+shape, so the function gives the heatmaps and the boxes they span, and
+export.json's `keypoint_decode` says what mrcli.serving (and `mrcli eval`) do
+with them.
 
 THE ARTIFACT
 ============
@@ -81,6 +90,7 @@ from mrcli.data.inputs import UnreadableImage, find_images, read_image
 from mrcli.data.store import find_dataset
 from mrcli.errors import UserError
 from mrcli.inference import MASK_THRESHOLD, ImageDetections, Predictor
+from mrcli.keypoint_sets import KeypointSet
 from mrcli.progress import Report, silent
 from mrcli.runs import TrainedModel, load_trained, with_sets
 from mrcli.serving import FORMAT, RECORD
@@ -90,9 +100,11 @@ WEIGHTS = "weights.npz"
 SAVEDMODEL = "savedmodel"
 FORMATS = ("stablehlo", "savedmodel")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-# --verify's bar (issue 7): boxes within 0.5 px, mask IoU > 0.99, same classes.
+# --verify's bar (issue 7): boxes within 0.5 px, mask IoU > 0.99, same classes;
+# keypoints within 1 px (the keypoint parity bar, issue 14).
 BOX_TOLERANCE = 0.5
 MIN_MASK_IOU = 0.99
+KEYPOINT_TOLERANCE = 1.0
 TF_INSTALL = 'pip install "mrcli[tf]"'
 
 
@@ -195,6 +207,11 @@ def serving_function(model: model_lib.Model, spec: InputSpec) -> Callable:
         }
         if "masks" in dets:
             out["masks"] = jnp.where(valid[..., None, None], dets["masks"], 0.0).astype(jnp.float32)
+        if "keypoint_heatmaps" in dets:
+            out["keypoint_heatmaps"] = jnp.where(valid[..., None, None, None], dets["keypoint_heatmaps"],
+                                                 0.0).astype(jnp.float32)  # fmt: skip
+            out["keypoint_boxes"] = jnp.where(valid[..., None], dets["boxes"], 0.0)
+            out["keypoint_scale"] = jnp.stack([rx, ry], axis=1)
         return out
 
     return serve
@@ -209,8 +226,23 @@ _DOCS = {
     "masks": "mask probability of the detected class over its box (paste at the box, "
              "threshold 0.5)",
     "num_detections": "slots [0, n) hold detections",
+    "keypoint_heatmaps": "per detection and keypoint, logits over the detection's keypoint_boxes "
+                         "(decode: see keypoint_decode)",
+    "keypoint_boxes": "the boxes in the model's input (resized image) pixels, which the heatmaps span",
+    "keypoint_scale": "(x, y) factors from the model's input pixels to the original image's",
 }  # fmt: skip
-_OUTPUT_ORDER = ("boxes", "scores", "classes", "masks", "num_detections")
+_OUTPUT_ORDER = ("boxes", "scores", "classes", "masks", "keypoint_heatmaps", "keypoint_boxes",
+                 "keypoint_scale", "num_detections")  # fmt: skip
+# How to turn the keypoint outputs into keypoints (export.json; mrcli.serving does
+# it with mrcli.ops.keypoints.heatmaps_to_keypoints, as `mrcli eval` and predict).
+KEYPOINT_DECODE = (
+    "torchvision's heatmaps_to_keypoints: per detection, with its keypoint_box (x1, y1, x2, y2), "
+    "w = max(x2 - x1, 1), h = max(y2 - y1, 1): resize each S x S heatmap bicubically "
+    "(align_corners=False, A = -0.75) to ceil(h) x ceil(w), take its argmax (i, j) (row, column; "
+    "the first on ties); x = x1 + (j + 0.5) * w / ceil(w), y = y1 + (i + 0.5) * h / ceil(h); "
+    "the score is the resized map's value there. Then x *= keypoint_scale[0], y *= "
+    "keypoint_scale[1], and subtract keypoint_offset from both."
+)
 
 
 def signature(serve: Callable, args: tuple) -> dict[str, list[dict[str, Any]]]:
@@ -330,6 +362,7 @@ def export_model(
     )
     sig = signature(serve, args)
     masks_out = [o for o in sig["outputs"] if o["name"] == "masks"]
+    kset = KeypointSet.of(trained.categories)
     record = {
         "format": FORMAT,
         "artifact": format,
@@ -350,6 +383,9 @@ def export_model(
         "num_classes": int(cfg.model.num_classes),
         "mask_size": masks_out[0]["shape"][-1] if masks_out else None,
         "mask_threshold": MASK_THRESHOLD,
+        **({"keypoint_names": list(kset.names), "skeleton": [list(p) for p in kset.skeleton],
+            "keypoint_offset": float(cfg.model.keypoint_head.coordinate_offset),
+            "keypoint_decode": KEYPOINT_DECODE} if cfg.model.keypoints and kset is not None else {}),
         "score_threshold": float(cfg.model.inference.score_threshold),
         "detections_per_image": int(cfg.model.inference.detections_per_image),
         "platforms": list(platforms),
@@ -479,6 +515,7 @@ class VerifyRow:
     max_box_diff: float  # px, original image; nan when the counts differ or none
     min_mask_iou: float  # nan without masks or detections
     max_score_diff: float
+    max_keypoint_diff: float = float("nan")  # px, original image; nan without keypoints
 
     @property
     def ok(self) -> bool:
@@ -487,6 +524,8 @@ class VerifyRow:
         if self.native == 0:
             return True
         if not self.max_box_diff <= BOX_TOLERANCE:
+            return False
+        if not (np.isnan(self.max_keypoint_diff) or self.max_keypoint_diff <= KEYPOINT_TOLERANCE):
             return False
         return bool(np.isnan(self.min_mask_iou) or self.min_mask_iou > MIN_MASK_IOU)
 
@@ -502,7 +541,8 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "artifact": self.artifact,
-                "criteria": {"box_px": BOX_TOLERANCE, "mask_iou": MIN_MASK_IOU, "classes": "equal"},
+                "criteria": {"box_px": BOX_TOLERANCE, "mask_iou": MIN_MASK_IOU,
+                             "keypoint_px": KEYPOINT_TOLERANCE, "classes": "equal"},
                 "images": [{**dataclasses.asdict(r), "ok": r.ok} for r in self.rows]}  # fmt: skip
 
 
@@ -517,13 +557,15 @@ def compare(name: str, native: ImageDetections, exported: dict[str, Any]) -> Ver
     """One image: native ImageDetections vs the artifact's detections (serving's form)."""
     n, m = len(native.scores), len(exported["scores"])
     same = n == m and np.array_equal(native.classes, exported["classes"])
-    box = score = iou = float("nan")
+    box = score = iou = kp = float("nan")
     if n == m and n:
         box = float(np.abs(native.boxes - exported["boxes"]).max())
         score = float(np.abs(native.scores - exported["scores"]).max())
         if native.masks is not None and exported.get("masks") is not None:
             iou = float(_mask_ious(native.masks, exported["masks"]).min())
-    return VerifyRow(name, native.height, native.width, n, m, bool(same), box, iou, score)
+        if native.keypoints is not None and exported.get("keypoints") is not None:
+            kp = float(np.abs(native.keypoints[..., :2] - exported["keypoints"][..., :2]).max())
+    return VerifyRow(name, native.height, native.width, n, m, bool(same), box, iou, score, kp)
 
 
 def native_detections(trained: TrainedModel, bucket: tuple[int, int],

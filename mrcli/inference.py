@@ -12,12 +12,13 @@ A Predictor owns the jitted detect (one compiled program per bucket, reused
 by every Predictor of the same model and mesh in a process), the mesh it runs
 on, fixed-shape batches (a multiple of the devices; padding rows never come
 out), and the step from model outputs to `ImageDetections` in original image
-pixels with the masks pasted (host side, as torchvision's postprocess and
-paste_masks_in_image). While the device runs batch k, the host decodes and
+pixels with the masks pasted and the keypoints decoded from their heatmaps
+(host side, as torchvision's postprocess, paste_masks_in_image and
+heatmaps_to_keypoints). While the device runs batch k, the host decodes and
 pads batch k+1's images and pastes batch k-1's masks.
 
 Dimension key: B batch, H/W bucket (padded input) size, D detections,
-M mask side, h/w original image size.
+M mask side, K keypoints, S heatmap side, h/w original image size.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mrcli.config import Config
 from mrcli.data import pipeline
 from mrcli.errors import UserError
 from mrcli.model import Model
+from mrcli.ops.keypoints import heatmaps_to_keypoints
 from mrcli.ops.masks import paste_masks
 from mrcli.progress import Report, silent
 
@@ -62,27 +64,42 @@ class ImageDetections:
     masks: np.ndarray | None  # [D,h,w] bool pasted into the original image, or None
     height: int
     width: int
+    # [D,K,3] float32: x, y in original pixels and the score (torchvision's: the
+    # heatmap's logit there) of each keypoint; None without a keypoint head.
+    keypoints: np.ndarray | None = None
 
 
 def to_original(
-    dets: dict[str, np.ndarray],  # one image: boxes [D,4] (input px), scores, classes, valid, masks [D,M,M]
+    dets: dict[str, np.ndarray],  # one image: boxes [D,4] (input px), scores, classes, valid, masks [D,M,M],
+                                  # keypoint_heatmaps [D,K,S,S]
     image_info: np.ndarray,  # [5] (orig_h, orig_w, scale, resized_h, resized_w)
     image_id: int,
     mask_threshold: float = MASK_THRESHOLD,
+    keypoint_offset: float = 0.0,  # model.keypoint_head.coordinate_offset
 ) -> ImageDetections:
-    """Model detections of one image -> its original pixels, masks pasted.
+    """Model detections of one image -> its original pixels, masks pasted,
+    keypoints decoded.
 
     Boxes scale by orig/resized per axis (torchvision's transform.postprocess);
     masks are pasted at those boxes into the original image and thresholded
-    (torchvision's paste_masks_in_image, mrcli.ops.masks.paste_masks)."""
+    (torchvision's paste_masks_in_image, mrcli.ops.masks.paste_masks);
+    keypoints are decoded from the heatmaps over the input-pixel boxes
+    (torchvision's heatmaps_to_keypoints, mrcli.ops.keypoints), scaled like the
+    boxes (its resize_keypoints), less the model's coordinate offset."""
     orig_h, orig_w, _, resized_h, resized_w = (float(v) for v in image_info)
     keep = np.flatnonzero(np.asarray(dets["valid"], bool))
     ratio = np.array(
         [orig_w / resized_w, orig_h / resized_h, orig_w / resized_w, orig_h / resized_h],
         np.float32,
     )
-    boxes = np.asarray(dets["boxes"], np.float32)[keep] * ratio
+    input_boxes = np.asarray(dets["boxes"], np.float32)[keep]
+    boxes = input_boxes * ratio
     h, w = int(round(orig_h)), int(round(orig_w))
+    keypoints = None
+    if "keypoint_heatmaps" in dets:
+        xy, kp_scores = heatmaps_to_keypoints(np.asarray(dets["keypoint_heatmaps"])[keep], input_boxes)
+        xy = xy * ratio[:2] - np.float32(keypoint_offset)
+        keypoints = np.concatenate([xy, kp_scores[..., None]], axis=-1)  # [D,K,3]
     masks = None
     if "masks" in dets:
         masks = paste_masks(np.asarray(dets["masks"], np.float32)[keep], boxes, h, w,
@@ -95,6 +112,7 @@ def to_original(
         masks=masks,
         height=h,
         width=w,
+        keypoints=keypoints,
     )
 
 
@@ -201,8 +219,10 @@ class Predictor:
     def collect(self, batch: _Batch) -> list[ImageDetections]:
         """The detections of a dispatched batch's real rows, in original pixels."""
         outputs = jax.device_get(batch.outputs)
+        offset = self.cfg.model.keypoint_head.coordinate_offset
         return [
-            to_original({k: np.asarray(v[i]) for k, v in outputs.items()}, batch.info[i], image_id)
+            to_original({k: np.asarray(v[i]) for k, v in outputs.items()}, batch.info[i], image_id,
+                        keypoint_offset=offset)
             for i, image_id in zip(batch.rows, batch.ids)
         ]
 
@@ -272,8 +292,9 @@ def evaluate_split(
 ) -> coco.DatasetEval:
     """Run the model over `split` in fixed-shape batches, write the COCO results
     file (streaming, dataset category ids), and score it with COCOeval (bbox,
-    and segm with masks); with `out_dir` the files go there (detections.json,
-    bbox.json, segm.json), else to a temporary folder.
+    segm with masks, keypoints (OKS) for a keypoint model on a keypoint
+    dataset); with `out_dir` the files go there (detections.json, bbox.json,
+    segm.json, keypoints.json), else to a temporary folder.
 
     `categories` is the model's category map (a checkpoint's; default the
     dataset's); it must cover the dataset's (coco.check_categories)."""
@@ -291,13 +312,25 @@ def evaluate_split(
         for d in predictor.over_batches(batches):
             image_ids.append(d.image_id)
             writer.write(coco.to_coco_results(d.image_id, d.boxes, d.scores, d.classes,
-                                              np.ones(len(d.scores), bool), dataset_ids, d.masks))  # fmt: skip
+                                              np.ones(len(d.scores), bool), dataset_ids, d.masks,
+                                              d.keypoints))  # fmt: skip
             report.advance(len(image_ids))
     report.end()
     names = {int(c["id"]): c["name"] for c in dataset.categories}
     return coco.score(dataset.coco_ground_truth(split), results_path, image_ids,
-                      masks=predictor.cfg.model.masks, category_names=names,
-                      out_dir=out_dir)  # fmt: skip
+                      masks=predictor.cfg.model.masks, category_names=names, out_dir=out_dir,
+                      keypoints=keypoint_eval(predictor.cfg, dataset))  # fmt: skip
+
+
+def keypoint_eval(cfg: Config, dataset: Any) -> coco.KeypointEval | None:
+    """The OKS eval of a keypoint model on a dataset with keypoints (its sigmas and
+    keypoint categories); None when either has none. A model whose keypoint count
+    is not the dataset's is refused."""
+    kset = dataset.keypoint_set
+    if not cfg.model.keypoints or kset is None:
+        return None
+    dataset.check_num_keypoints(cfg.model.keypoint_head.num_keypoints)
+    return coco.KeypointEval(kset.sigmas, kset.category_ids)
 
 
 def with_score_threshold(model: Model, score: float) -> Model:

@@ -1,4 +1,4 @@
-"""`mrcli predict`: image files -> instance label maps, overlays, COCO results.
+"""`mrcli predict`: image files -> instance label maps, keypoints, overlays, COCO results.
 
     result = run("photos/", out="pred/", checkpoint="imported/", score=0.5)
 
@@ -18,12 +18,18 @@ extension (with it, e.g. `a.jpg`, where two inputs of one folder share a stem):
                             (uint8; 16-bit PNG when n > 255)
     OUT/masks/STEM.json     side file: {"file_name": REL, "image_id", "height",
                             "width", "label_map": "STEM.png" (its name, or null),
-                            "instances": [{"label": 1..n, "class", "class_id"
-                            (the dataset's category id), "score", "box_xyxy"
-                            (original pixels), "area" (pixels in the label map)}]}
-    OUT/overlays/STEM.png   masks in colour, boxes, class names and scores
-    OUT/detections.json     COCO results of all images (RLE masks, dataset
-                            category ids, bbox xywh), written as it goes
+                            "keypoint_names" (keypoint models), "instances":
+                            [{"label": 1..n, "class", "class_id" (the
+                            dataset's category id), "score", "box_xyxy"
+                            (original pixels), "area" (pixels in the label
+                            map), "keypoints": [[x, y, score], ...] (original
+                            pixels, one per keypoint name; classes with
+                            keypoints)}]}
+    OUT/overlays/STEM.png   masks in colour, boxes, class names and scores,
+                            keypoints joined by their skeleton
+    OUT/detections.json     COCO results of all images (RLE masks, keypoints
+                            [x1, y1, score1, ...], dataset category ids, bbox
+                            xywh), written as it goes
     OUT/images.json         [{"id", "file_name": REL, "height", "width"}]: the
                             image ids of detections.json (ids 1, 2, ... in
                             input order, unreadable files not counted)
@@ -71,6 +77,7 @@ from mrcli.data.show import overlay, write_png
 from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
 from mrcli.inference import ImageDetections, Predictor
+from mrcli.keypoint_sets import KeypointSet
 from mrcli.progress import Report, silent
 from mrcli.config import DEFAULT_SCORE
 from mrcli.runs import TrainedModel, load_trained, with_sets
@@ -173,6 +180,7 @@ class Instances:
     labels: np.ndarray | None  # [h, w] uint8/uint16 label map (None: a box-only model)
     height: int
     width: int
+    keypoints: np.ndarray | None = None  # [n, K, 3] float32 x, y, score (None: no keypoint head)
 
     def masks(self) -> np.ndarray | None:
         """[n, h, w] bool, the label map's instances (None: a box-only model)."""
@@ -191,7 +199,8 @@ def image_instances(d: ImageDetections, categories: "Categories") -> Instances:
     if d.masks is not None:
         labels, kept = label_map(d.masks[order])
         keep = order[kept]
-    return Instances(d.boxes[keep], d.scores[keep], d.classes[keep], labels, d.height, d.width)
+    keypoints = d.keypoints[keep] if d.keypoints is not None else None
+    return Instances(d.boxes[keep], d.scores[keep], d.classes[keep], labels, d.height, d.width, keypoints)
 
 
 def side_record(inst: Instances, file_name: str, image_id: int, label_map_name: str | None,
@@ -211,17 +220,25 @@ def side_record(inst: Instances, file_name: str, image_id: int, label_map_name: 
         }
         if areas is not None:
             item["area"] = int(areas[k])
+        if inst.keypoints is not None and c in categories.keypoint_classes:
+            item["keypoints"] = [[round(float(v), 3) for v in p] for p in inst.keypoints[k]]
         instances.append(item)
-    return {"file_name": file_name, "image_id": image_id, "height": inst.height, "width": inst.width,
-            "label_map": label_map_name, "instances": instances}  # fmt: skip
+    head = {"file_name": file_name, "image_id": image_id, "height": inst.height, "width": inst.width,
+            "label_map": label_map_name}  # fmt: skip
+    if inst.keypoints is not None and categories.keypoints is not None:
+        head["keypoint_names"] = list(categories.keypoints.names)
+    return {**head, "instances": instances}
 
 
 @dataclass(frozen=True)
 class Categories:
-    """A checkpoint's category map, indexed by contiguous id (0 = background)."""
+    """A checkpoint's category map, indexed by contiguous id (0 = background), and
+    its keypoint set (names, skeleton) with the classes that have it."""
 
     dataset_ids: list[int]
     names: list[str]
+    keypoints: KeypointSet | None = None
+    keypoint_classes: frozenset[int] = frozenset()  # contiguous ids
 
     @classmethod
     def from_map(cls, categories: list[dict[str, Any]]) -> Categories:
@@ -229,7 +246,9 @@ class Categories:
         names = ["background"] * len(ids)
         for c in categories:
             names[int(c["contiguous_id"])] = str(c["name"])
-        return cls(ids, names)
+        kset = KeypointSet.of(categories)
+        with_kp = frozenset(int(c["contiguous_id"]) for c in categories if c.get("keypoints"))
+        return cls(ids, names, kset, with_kp)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -296,14 +315,25 @@ def write_outputs(
     if o.overlay is not None:
         names = [categories.names[int(c)] for c in inst.classes]
         drawn = overlay(rgb, inst.boxes, masks if masks is not None else [], names,
-                        scores=inst.scores)  # fmt: skip
+                        scores=inst.scores, **_drawn_keypoints(inst, categories))  # fmt: skip
         write_png(o.overlay, drawn)
     if writers is not None:
         results, images = writers
         valid = np.ones(len(inst.scores), bool)
         results.write(coco.to_coco_results(image_id, inst.boxes, inst.scores, inst.classes, valid,
-                                      categories.dataset_ids, masks))  # fmt: skip
+                                      categories.dataset_ids, masks, inst.keypoints))  # fmt: skip
         images.write([{"id": image_id, "file_name": rel, "height": inst.height, "width": inst.width}])
+
+
+def _drawn_keypoints(inst: Instances, categories: Categories) -> dict[str, Any]:
+    """overlay()'s keypoints: every predicted keypoint of the classes with a
+    keypoint set (as torchvision's draw_keypoints: no threshold), with its skeleton."""
+    if inst.keypoints is None or categories.keypoints is None:
+        return {}
+    shown = np.isin(inst.classes, list(categories.keypoint_classes))
+    kp = inst.keypoints.copy()
+    kp[..., 2] = shown[:, None]  # overlay draws points with a third value > 0
+    return {"keypoints": kp, "skeleton": categories.keypoints.skeleton}
 
 
 def _write_side(path: Path, record: dict[str, Any]) -> None:

@@ -8,12 +8,13 @@
     dets = model.predict([rgb1, rgb2, ...], score_threshold=0.3)   # any number
 
 This module imports jax, numpy and the standard library (plus
-mrcli.ops.masks for pasting masks, itself jax + numpy, and Pillow for
-shrinking oversized images): no flax, optax, orbax, TensorFlow or the rest
-of mrcli. The exported function does the resizing, normalisation and padding
-itself; what is left here is fitting images into the fixed input shape and
-pasting the 28 x 28 masks into the original images (the same paste as
-`mrcli eval` and `mrcli predict`).
+mrcli.ops.masks and mrcli.ops.keypoints for pasting masks and decoding
+keypoint heatmaps, themselves jax + numpy, and Pillow for shrinking
+oversized images): no flax, optax, orbax, TensorFlow or the rest of mrcli.
+The exported function does the resizing, normalisation and padding itself;
+what is left here is fitting images into the fixed input shape and pasting
+the 28 x 28 masks into the original images (the same paste as `mrcli eval`
+and `mrcli predict`).
 
 Any image size is taken. An image larger than the export's input capacity
 (export.json "max_input_size", `mrcli export --max-input-size`) is first
@@ -32,9 +33,12 @@ Per image, `model(rgb)` returns a dict (n = the image's detections, best first):
     names         list[str]          category names
     masks         [n, h, w] bool     pasted and thresholded at 0.5 (paste=False: None)
     mask_probs    [n, M, M] float32  the model's masks over the boxes (M = 28)
+    keypoints     [n, K, 3] float32  x, y in the image's pixels and a score per keypoint
+    keypoint_names list[str]         the K keypoints' names
     height, width int
 
-(no masks / mask_probs keys for a box-only model). `model.run(images,
+(no masks / mask_probs keys for a box-only model, no keypoint keys without a
+keypoint head). `model.run(images,
 image_sizes)` calls the exported function itself (export.json's signature).
 """
 
@@ -48,6 +52,7 @@ import jax
 import numpy as np
 
 from mrcli.config import DEFAULT_SCORE
+from mrcli.ops.keypoints import heatmaps_to_keypoints
 from mrcli.ops.masks import paste_masks
 
 # The artifact's format and record file; mrcli.export writes what these name.
@@ -55,7 +60,7 @@ FORMAT = "mrcli-export/1"
 RECORD = "export.json"
 
 __all__ = ["Model", "load", "read_record", "fit", "pack", "image_detections", "run_batches",
-           "DEFAULT_SCORE"]
+           "decode_keypoints", "DEFAULT_SCORE"]
 
 
 def read_record(directory: str | Path) -> dict[str, Any]:
@@ -151,7 +156,22 @@ def image_detections(
         if paste:
             det["masks"] = paste_masks(probs, det["boxes"], H, W,
                                        threshold=float(record.get("mask_threshold", 0.5)))  # fmt: skip
+    if "keypoint_heatmaps" in outputs:
+        kps = decode_keypoints(outputs, i, n, float(record.get("keypoint_offset", 0.0)))
+        if (H, W) != (h, w):  # like the boxes: from the fitted image to the original's pixels
+            kps[..., :2] *= np.array([W / w, H / h], np.float32)
+        det["keypoints"] = kps
+        det["keypoint_names"] = list(record.get("keypoint_names", []))
     return det
+
+
+def decode_keypoints(outputs: dict[str, np.ndarray], i: int, n: int, offset: float) -> np.ndarray:
+    """[n, K, 3] keypoints (x, y in original pixels, score) of image i's n detections,
+    from the exported keypoint outputs (export.json's keypoint_decode)."""
+    xy, scores = heatmaps_to_keypoints(np.asarray(outputs["keypoint_heatmaps"][i, :n], np.float32),
+                                       np.asarray(outputs["keypoint_boxes"][i, :n], np.float32))  # fmt: skip
+    xy = xy * np.asarray(outputs["keypoint_scale"][i], np.float32) - np.float32(offset)
+    return np.concatenate([xy, scores[..., None]], axis=-1)
 
 
 def run_batches(

@@ -404,6 +404,8 @@ def _check_run(cfg: Config, ds: Dataset, report: Report) -> None:
             f"dataset {ds.name!r} has {ds.num_classes} classes but model.num_classes is "
             f"{cfg.model.num_classes}; add --set model.num_classes={ds.num_classes}"
         )
+    if cfg.model.keypoints:
+        ds.check_num_keypoints(cfg.model.keypoint_head.num_keypoints)
     n_dev = jax.device_count()
     if cfg.train.global_batch % n_dev:
         raise UserError(
@@ -474,7 +476,7 @@ def _restore(manager, step: int, state: TrainState, batches, sharding) -> tuple[
 
 def evaluate_during_training(model: model_lib.Model, state: TrainState, ds: Dataset, cfg: Config,
                              mesh: Mesh) -> dict[str, float]:  # fmt: skip
-    """The periodic evaluation on data.eval_split: COCO box and mask AP."""
+    """The periodic evaluation on data.eval_split: COCO box, mask and keypoint AP."""
     predictor = inference.Predictor(model, model_lib.merge_params(state.params, state.constants),
                                     cfg, mesh=mesh)  # fmt: skip
     return inference.evaluate_split(predictor, ds, cfg.data.eval_split).summary()
@@ -495,7 +497,8 @@ def compile_steps(step_fn, state: TrainState, cfg: Config, mesh: Mesh, report: R
     lower = (f"train.global_batch ({t.global_batch}), the image size (data.image_size="
              f"{d.image_size}, data.max_size={d.max_size}) or the RoIs per image "
              f"(model.roi_heads.batch_per_image={m.roi_heads.batch_per_image}, "
-             f"model.mask_head.fg_slots={m.mask_head.fg_slots})")  # fmt: skip
+             f"model.mask_head.fg_slots={m.mask_head.fg_slots}, "
+             f"model.keypoint_head.fg_slots={m.keypoint_head.fg_slots})")  # fmt: skip
     for bucket in d.resolved_buckets():
         start = time.perf_counter()
         compiled = step_fn.lower(state, _abstract_batch(cfg, bucket, mesh)).compile()
@@ -519,14 +522,18 @@ def _draw_curves(workdir: Path, report: Report, kind: Kind = "detail") -> None:
 
 
 def _format_eval(step: int, numbers: dict[str, float]) -> str:
-    return (f"step {step}: box AP {numbers.get('bbox_AP', float('nan')):.3f}, "
-            f"mask AP {numbers.get('segm_AP', float('nan')):.3f}")  # fmt: skip
+    text = f"step {step}: box AP {numbers.get('bbox_AP', float('nan')):.3f}"
+    for key, what in (("segm_AP", "mask AP"), ("keypoints_AP", "keypoint AP")):
+        if key in numbers:
+            text += f", {what} {numbers[key]:.3f}"
+    return text
 
 
 def for_dataset(cfg: Config, ds: Dataset, explicit: frozenset[str] = frozenset(),
                 report: Report | None = None) -> Config:  # fmt: skip
     """`cfg` with what the dataset decides, except the dotted keys in `explicit`
-    (set on the command line): the number of classes, and with
+    (set on the command line): the number of classes (and of keypoints, for a
+    keypoint model), and with
     train.schedule = "by_dataset_size" the batch (at most the split's size, a
     power of two) and the schedule (schedule_for_dataset; then "fixed", so the
     run records the values used)."""
@@ -535,6 +542,12 @@ def for_dataset(cfg: Config, ds: Dataset, explicit: frozenset[str] = frozenset()
     if "model.num_classes" not in explicit and cfg.model.num_classes != ds.num_classes:
         updates["model.num_classes"] = ds.num_classes
         report.say(f"model.num_classes = {ds.num_classes}, from dataset {ds.name!r}")
+    kset = ds.keypoint_set
+    key = "model.keypoint_head.num_keypoints"
+    if (cfg.model.keypoints and kset is not None and key not in explicit
+            and cfg.model.keypoint_head.num_keypoints != kset.num_keypoints):
+        updates[key] = kset.num_keypoints
+        report.say(f"{key} = {kset.num_keypoints}, from dataset {ds.name!r}")
     if cfg.train.schedule == "by_dataset_size":
         n = ds.num_examples(ds.check_split(cfg.data.train_split))
         batch = cfg.train.global_batch

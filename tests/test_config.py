@@ -81,9 +81,10 @@ def test_recipe_smoke(name):
     recipe = c.load_recipe(name)
     assert f"--recipe {name}" in recipe.doc
     assert "Expected" in recipe.doc
-    # Short against the ~70 fields: the CPU recipe, which changes sizes,
-    # sampling counts and the schedule, is the longest at 32.
-    assert len(c.diff(recipe.config)) <= 35
+    # Short against the ~80 fields: the CPU recipes, which change sizes,
+    # sampling counts and the schedule, are the longest: tiny at 32, and
+    # tiny_keypoints (tiny with a keypoint head instead of masks) at 39.
+    assert len(c.diff(recipe.config)) <= 40
     assert c.from_dict(c.to_dict(recipe.config)) == recipe.config
     buckets = recipe.config.data.resolved_buckets()
     assert all(h % 32 == 0 and w % 32 == 0 for h, w in buckets)
@@ -167,3 +168,22 @@ def test_a_config_of_mrcli_0_1_is_migrated():
     with pytest.raises(UserError, match="renamed: use model.rpn.smooth_l1_beta and "
                                         "model.box_head.smooth_l1_beta"):
         c.parse_sets(["model.smooth_l1_beta=0"])
+
+
+def test_keypoint_recipe_is_detectron2s():
+    """configs/COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml on Base-Keypoint-RCNN-FPN.yaml:
+    KEYPOINT_ON (no masks), one class, ROI_BOX_HEAD.SMOOTH_L1_BETA 0.5,
+    RPN.POST_NMS_TOPK_TRAIN 1500, the paper's keypoint head (8 x 512, 14 x 14 RoIs,
+    56 x 56 heatmaps, loss over the visible keypoints), MIN_KEYPOINTS_PER_IMAGE 1,
+    Detectron2's numerics (keypoints at pixel centres) and the 1x schedule."""
+    cfg = c.load_recipe("keypoint_r50_fpn_1x").config
+    m = cfg.model
+    assert (m.keypoints, m.masks, m.num_classes) == (True, False, 1)
+    assert m.box_head.smooth_l1_beta == 0.5 and m.rpn.post_nms_topk.train == 1500
+    kh = m.keypoint_head
+    assert (kh.convs, kh.dim, kh.pool_size, kh.heatmap_size, kh.num_keypoints) == (8, 512, 14, 56, 17)
+    assert kh.loss_normalization == "visible" and kh.coordinate_offset == 0.5
+    assert cfg.data.min_keypoints_per_image == 1 and cfg.data.dataset == "coco_person"
+    assert cfg.train.steps == 90_000 and cfg.train.init_from == "d2-msra-r50-imagenet"
+    assert cfg.train.best_metric == "keypoints_AP"
+    assert "53.6" in c.load_recipe("keypoint_r50_fpn_1x").doc and "64.0" in c.load_recipe("keypoint_r50_fpn_1x").doc

@@ -255,7 +255,7 @@ def test_round_trip_in_a_fresh_process_with_jax_alone(work, exported, native):
              ("flax", "optax", "orbax", "tensorflow", "PIL", "grain", "tensorflow_datasets")
              or (m.startswith("mrcli.") and m not in
                  ("mrcli.serving", "mrcli.ops", "mrcli.ops.masks", "mrcli.ops.roi_align",
-                 "mrcli.config", "mrcli.errors"))]  # fmt: skip
+                 "mrcli.ops.keypoints", "mrcli.config", "mrcli.errors"))]  # fmt: skip
     assert heavy == [], heavy
     with np.load(root / "served.npz") as z:
         served = {k: z[k] for k in z.files}

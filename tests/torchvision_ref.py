@@ -75,21 +75,13 @@ def load():
     return torchvision
 
 
-def calibrated_maskrcnn(x, min_size: int, max_size: int):
-    """torchvision's maskrcnn_resnet50_fpn made to produce real detections on the
-    image `x` ([3, H, W] float tensor in 0..1) from random weights (seed 0):
-    BatchNorm statistics calibrated on the image (momentum 1, one forward in
-    train mode) with random affine parameters, the RPN objectness weights
-    scaled so that scores spread, the class logits scaled so that scores pass
-    0.05, and the mask logits scaled so that masks are not all near 0.5. In
-    eval mode."""
+def calibrate_batchnorm(tvm, x):
+    """Give a torchvision detector built with random weights (torch seeded) non-trivial
+    frozen BatchNorm: random affine parameters and running statistics set to those of
+    image `x` ([3, H, W] float in 0..1) by one train-mode forward of the backbone body
+    with momentum 1. Returns the transformed ImageList; the model is left in eval mode."""
     import torch
 
-    tv = load()
-    torch.manual_seed(0)
-    tvm = tv.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
-    )
     for m in tvm.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 1.0
@@ -99,8 +91,27 @@ def calibrated_maskrcnn(x, min_size: int, max_size: int):
     with torch.no_grad():
         images, _ = tvm.transform([x])
         tvm.backbone.body(images.tensors)  # running stats := this image's statistics
+    tvm.eval()
+    return images
+
+
+def calibrated_maskrcnn(x, min_size: int, max_size: int):
+    """torchvision's maskrcnn_resnet50_fpn made to produce real detections on the
+    image `x` ([3, H, W] float tensor in 0..1) from random weights (seed 0):
+    BatchNorm calibrated on the image (calibrate_batchnorm), the RPN objectness
+    weights scaled so that scores spread, the class logits scaled so that scores
+    pass 0.05, and the mask logits scaled so that masks are not all near 0.5. In
+    eval mode."""
+    import torch
+
+    tv = load()
+    torch.manual_seed(0)
+    tvm = tv.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
+    )
+    calibrate_batchnorm(tvm, x)
+    with torch.no_grad():
         tvm.rpn.head.cls_logits.weight.mul_(8.0)
         tvm.roi_heads.box_predictor.cls_score.weight.mul_(3.0)
         tvm.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(2.0)
-    tvm.eval()
     return tvm

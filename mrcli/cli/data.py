@@ -1,4 +1,4 @@
-"""`mrcli prepare shapes|coco-json|coco|cityscapes|yolo|labelme` and `mrcli show`:
+"""`mrcli prepare shapes|figures|coco-json|coco|cityscapes|yolo|labelme` and `mrcli show`:
 datasets in, checked, looked at."""
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ DropEmpty = Annotated[
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing dataset of the same name.")
 ]
+# The built-in synthetic datasets' options (shapes, figures).
+NumTrain = Annotated[int, typer.Option("--num-train", help="Training images.")]
+NumVal = Annotated[int, typer.Option("--num-val", help="Validation images.")]
+Size = Annotated[int, typer.Option("--size", help="Long side of the images, pixels.")]
+Seed = Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")]
 ValFraction = Annotated[
     Optional[float],
     typer.Option("--val-fraction", help="Hold out this fraction of the images as the val split "
@@ -30,7 +35,9 @@ prepare_app = typer.Typer(
     "after checking every image and annotation.\n\n"
     "Examples:\n\n"
     "  mrcli prepare shapes\n\n"
+    "  mrcli prepare figures\n\n"
     "  mrcli prepare coco --manual-dir ~/datasets/coco\n\n"
+    "  mrcli prepare coco --keypoints --manual-dir ~/datasets/coco\n\n"
     "  mrcli prepare coco-json --annotations train.json --images img/ --name parts\n\n"
     "  mrcli prepare cityscapes --manual-dir ~/datasets/cityscapes\n\n"
     "  mrcli prepare yolo --data data.yaml --name parts\n\n"
@@ -96,10 +103,10 @@ def _run_prepare(fn: Any, as_json: bool, **kwargs: Any) -> None:
 
 @prepare_app.command("shapes")
 def prepare_shapes(
-    num_train: Annotated[int, typer.Option("--num-train", help="Training images.")] = 2000,
-    num_val: Annotated[int, typer.Option("--num-val", help="Validation images.")] = 200,
-    size: Annotated[int, typer.Option("--size", help="Long side of the images, pixels.")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")] = 0,
+    num_train: NumTrain = 2000,
+    num_val: NumVal = 200,
+    size: Size = 128,
+    seed: Seed = 0,
     name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "shapes",
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
@@ -115,6 +122,31 @@ def prepare_shapes(
     from mrcli.data import prepare
 
     _run_prepare(prepare.prepare_shapes, as_json, data_dir=data_dir, name=name,
+                 num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite)  # fmt: skip
+
+
+@prepare_app.command("figures")
+def prepare_figures(
+    num_train: NumTrain = 2000,
+    num_val: NumVal = 200,
+    size: Size = 128,
+    seed: Seed = 0,
+    name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "figures",
+    data_dir: DataDir = None,
+    overwrite: Overwrite = False,
+    as_json: Json = False,
+) -> None:
+    """The built-in synthetic keypoint dataset: stick figures with 7 named keypoints.
+
+    Head, neck, hands, hip and feet (left and right as a person facing the
+    camera), with masks, occlusion and COCO's visibility flags, on textured
+    backgrounds; deterministic per seed. The tiny_keypoints recipe trains on it.
+
+    Example: mrcli prepare figures --num-train 500 --num-val 50
+    """
+    from mrcli.data import prepare
+
+    _run_prepare(prepare.prepare_figures, as_json, data_dir=data_dir, name=name,
                  num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite)  # fmt: skip
 
 
@@ -143,7 +175,11 @@ def prepare_coco_json(
     """Any dataset in COCO format, checked (see --check, --on-error).
 
     Polygons, RLE, uncompressed RLE, iscrowd, images without annotations and
-    category ids that are not contiguous are all fine.
+    category ids that are not contiguous are all fine. Keypoints (COCO's
+    person_keypoints format: a category's `keypoints` and `skeleton`, each
+    annotation's x, y, v triplets) are read and checked too; a category may
+    add `flip_pairs` and `keypoint_sigmas` (else taken from the names and the
+    README's rule).
 
     Without --val-annotations, --val-fraction holds out a val split.
 
@@ -261,12 +297,18 @@ def prepare_coco(
         Optional[str],
         typer.Option(
             "--manual-dir",
-            help="An extracted COCO tree (annotations/instances_*.json, trainYEAR/, valYEAR/); "
-            "without it the archives are downloaded into DATA_DIR/downloads.",
+            help="An extracted COCO tree (annotations/instances_*.json or person_keypoints_*.json, "
+            "trainYEAR/, valYEAR/); without it the archives are downloaded into DATA_DIR/downloads.",
         ),
     ] = None,
+    keypoints: Annotated[
+        bool,
+        typer.Option("--keypoints", help="COCO's person keypoints (person_keypoints_*.json: 17 "
+                     "keypoints per person) instead of the 80-class instances; dataset coco_person."),
+    ] = False,
     name: Annotated[
-        Optional[str], typer.Option("--name", help="Dataset name (default coco, or cocoYEAR).")
+        Optional[str], typer.Option("--name", help="Dataset name (default coco or coco_person, "
+                                    "with the year if not 2017).")
     ] = None,
     data_dir: DataDir = None,
     check: Check = False,
@@ -274,14 +316,20 @@ def prepare_coco(
     overwrite: Overwrite = False,
     as_json: Json = False,
 ) -> None:
-    """COCO instances (train and val), downloaded or from --manual-dir.
+    """COCO instances (train and val), or with --keypoints COCO's person keypoints,
+    downloaded or from --manual-dir.
 
-    Example: mrcli prepare coco --manual-dir ~/datasets/coco --on-error skip
+    Examples:
+
+      mrcli prepare coco --manual-dir ~/datasets/coco --on-error skip
+
+      mrcli prepare coco --keypoints --manual-dir ~/datasets/coco
     """
     from mrcli.data import prepare
 
     _run_prepare(prepare.prepare_coco, as_json, year=year, manual_dir=manual_dir, name=name,
-                 data_dir=data_dir, on_error=on_error.value, check_only=check, overwrite=overwrite)  # fmt: skip
+                 data_dir=data_dir, on_error=on_error.value, check_only=check, overwrite=overwrite,
+                 keypoints=keypoints)  # fmt: skip
 
 
 def show(

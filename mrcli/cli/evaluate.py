@@ -23,8 +23,8 @@ def eval_cmd(
     ] = None,
     out_dir: Annotated[
         Optional[str],
-        typer.Option("--out", help="Where to write detections.json, bbox.json, segm.json "
-                     "(default: WORKDIR/eval, else ./eval)."),
+        typer.Option("--out", help="Where to write detections.json, bbox.json, segm.json, "
+                     "keypoints.json (default: WORKDIR/eval, else ./eval)."),
     ] = None,
     max_images: Annotated[
         Optional[int], typer.Option("--max-images", help="Evaluate the first N images only.")
@@ -38,7 +38,8 @@ def eval_cmd(
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
-    """COCO box and mask AP of a trained model on a dataset split (pycocotools).
+    """COCO box and mask AP of a trained model on a dataset split (pycocotools),
+    and keypoint AP (OKS, the dataset's sigmas) for a keypoint model.
 
     On Cityscapes also the official instance-level AP (cityscapesScripts),
     when installed: pip install "mrcli[cityscapes]". Pictures of the
@@ -78,7 +79,7 @@ def _ap(value: float) -> str:
 
 
 def _print_tables(result: Any, console: Any) -> None:
-    """The 12 COCO numbers of boxes and masks, then AP per class."""
+    """The 12 COCO numbers of boxes and masks, the 10 of keypoints (OKS), then AP per class."""
     from mrcli.coco import STAT_NAMES
 
     kinds = [r for r in (result.bbox, result.segm) if r is not None]
@@ -93,6 +94,16 @@ def _print_tables(result: Any, console: Any) -> None:
         # COCOeval reports -1 where the split has no ground truth of that size.
         table.add_row(name, *(_ap(r.stats[name]) for r in kinds))
     console.print(table)
+    kp = result.keypoints
+    if kp is not None:
+        title = f"COCO keypoint eval (OKS), {result.num_images} images"
+        table = Table(title=title, min_width=len(title))
+        table.add_column("")
+        table.add_column("keypoints", justify="right")
+        for name, value in kp.stats.items():
+            table.add_row(name, f"{value:.3f}" if value >= 0 else "-")
+        console.print(table)
+        kinds = kinds + [kp]
     classes = Table(title="AP per class")
     classes.add_column("category")
     for r in kinds:
@@ -101,7 +112,7 @@ def _print_tables(result: Any, console: Any) -> None:
     for cat_id in result.bbox.per_class_ap:
         # nan: the split has no instance of the class (nor a detection of it).
         classes.add_row(f"{names.get(cat_id, cat_id)} ({cat_id})",
-                        *(_ap(r.per_class_ap[cat_id]) for r in kinds))  # fmt: skip
+                        *(_ap(r.per_class_ap.get(cat_id, float("nan"))) for r in kinds))  # fmt: skip
     console.print(classes)
     if result.official is not None:
         metric = result.official

@@ -19,15 +19,17 @@ def _verify_table(report: Any) -> Table:
     table = Table(title=f"verify {report.artifact}: exported vs native")
     for name, justify in (("image", "left"), ("size", "right"), ("dets", "right"),
                           ("classes", "center"), ("box px", "right"), ("mask IoU", "right"),
-                          ("score", "right"), ("", "center")):
+                          ("keypoint px", "right"), ("score", "right"), ("", "center")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in report.rows:
         table.add_row(r.name, f"{r.height}x{r.width}", f"{r.exported} / {r.native}",
                       "same" if r.same_classes else "[red]differ[/]", num(r.max_box_diff, ".3f"),
-                      num(r.min_mask_iou, ".4f"), num(r.max_score_diff, ".1e"),
+                      num(r.min_mask_iou, ".4f"), num(r.max_keypoint_diff, ".3f"),
+                      num(r.max_score_diff, ".1e"),
                       "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")  # fmt: skip
     table.caption = ("dets: exported / native; box px: largest coordinate difference "
-                     "(original pixels); mask IoU: smallest (pasted masks); score: largest difference")
+                     "(original pixels); mask IoU: smallest (pasted masks); keypoint px: largest "
+                     "keypoint coordinate difference; score: largest difference")
     return table
 
 
@@ -121,5 +123,5 @@ def export(
         bad = sum(not r.ok for r in result.verify.rows)
         err.print(f"[bold red]verify failed:[/] the exported model disagrees with the native model "
                   f"on {bad} of {len(result.verify.rows)} image(s) (boxes within 0.5 px, mask IoU "
-                  "> 0.99, same classes)", highlight=False, soft_wrap=True)  # fmt: skip
+                  "> 0.99, keypoints within 1 px, same classes)", highlight=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)

@@ -45,7 +45,8 @@ def weights_list(as_json: Json = False) -> None:
     for r in rows:
         if r["coco_box_ap"] is not None:
             published = f"COCO box {r['coco_box_ap']}" + (
-                f"\nmask {r['coco_mask_ap']}" if r["coco_mask_ap"] is not None else "")
+                f"\nmask {r['coco_mask_ap']}" if r["coco_mask_ap"] is not None else "") + (
+                f"\nkeypoints {r['coco_keypoint_ap']}" if r.get("coco_keypoint_ap") is not None else "")
         else:
             published = f"ImageNet\ntop-1 {r['imagenet_top1']}"
         table.add_row(f"[bold]{r['name']}[/]\n[dim]{escape(r['what'])}[/]",
@@ -96,9 +97,9 @@ def weights_import(
 ) -> None:
     """Convert a torchvision or Detectron2 checkpoint (never running code from it).
 
-    torchvision: maskrcnn_resnet50_fpn state dicts (the full COCO model, for --checkpoint DIR) or ResNet-50/101 ImageNet state dicts (backbone only, for `mrcli train --init-from DIR`).
+    torchvision: maskrcnn_resnet50_fpn and keypointrcnn_resnet50_fpn state dicts (the full COCO model, for --checkpoint DIR) or ResNet-50/101 ImageNet state dicts (backbone only, for `mrcli train --init-from DIR`).
 
-    Detectron2: model-zoo R50/R101-FPN Mask R-CNN .pkl files (BGR pixel profile, aligned RoIAlign).
+    Detectron2: model-zoo R50/R101-FPN Mask R-CNN and Keypoint R-CNN .pkl files (BGR pixel profile, aligned RoIAlign).
 
     The COCO category map travels with the checkpoint.
 
@@ -109,8 +110,9 @@ def weights_import(
     from mrcli.weights import import_weights
 
     summary = import_weights(source.value, file, out)
+    heads = [h for h, on in (("masks", summary["masks"]), ("keypoints", summary.get("keypoints"))) if on]
     kind = "backbone (for --init-from)" if summary["partial"] else (
-        f"{summary['num_classes']} classes, {'masks' if summary['masks'] else 'boxes only'}"
+        f"{summary['num_classes']} classes, {' + '.join(heads) or 'boxes only'}"
     )
     err.print(
         f"imported {summary['source']} R{summary['depth']}-FPN {kind}, "

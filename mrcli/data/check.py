@@ -41,6 +41,7 @@ import numpy as np
 
 from mrcli.data import images as imagelib
 from mrcli.data import masks as masklib
+from mrcli import keypoint_sets
 from mrcli.data.store import Example
 from mrcli.errors import UserError
 
@@ -85,6 +86,15 @@ KINDS: dict[str, Kind] = {
         Kind("box_from_mask", FIXED, "annotation without bbox", "box computed from the mask"),
         Kind("polygon_self_intersecting", NOTE, "self-intersecting polygon", "kept as pycocotools rasterises it"),
         Kind("empty_category", NOTE, "category without any instance", "kept (--drop-empty-categories leaves it out)"),
+        # Keypoints (COCO's person_keypoints format): the categories' names, skeleton,
+        # flip pairs and sigmas, and each annotation's x, y, v triplets.
+        Kind("keypoint_set_invalid", FATAL, "category keypoint names, skeleton, flip pairs or sigmas inconsistent", "the category's keypoints left out"),
+        Kind("keypoints_invalid", FATAL, "keypoints are not 3 x K finite numbers", "annotation skipped"),
+        Kind("keypoint_visibility_invalid", FATAL, "keypoint visibility not 0, 1 or 2", "annotation skipped"),
+        Kind("keypoint_outside_image", FATAL, "labelled keypoint outside the image", "annotation skipped"),
+        Kind("keypoints_without_names", FATAL, "keypoints of a category without keypoint names", "annotation skipped"),
+        Kind("num_keypoints_mismatch", FIXED, "num_keypoints disagrees with the visibilities", "counted from the visibilities"),
+        Kind("mask_from_box", FIXED, "keypoint annotation without segmentation", "its box is its mask (train with model.masks=false)"),
         # Found by the readers of other formats (mrcli.data.yolo, .labelme, .cityscapes).
         Kind("malformed_label_file", FATAL, "annotation file unreadable or not in the format", "file skipped"),
         Kind("malformed_shape", FATAL, "label line or shape that cannot be read", "annotation skipped"),
@@ -178,7 +188,9 @@ def _is_int(v: Any) -> bool:
 
 def read_categories(raw: Any, json_name: str, report: CheckReport) -> list[dict[str, Any]]:
     """COCO categories -> the category map: dataset id, contiguous id (1..K in
-    order of dataset id), name, supercategory."""
+    order of dataset id), name, supercategory; for keypoint categories also
+    their keypoint names, skeleton, flip pairs and OKS sigmas
+    (`_keypoint_fields`)."""
     if not isinstance(raw, list):
         raise UserError(f"{json_name}: 'categories' must be a list of {{id, name}} objects")
     seen: dict[int, dict] = {}
@@ -194,11 +206,110 @@ def read_categories(raw: Any, json_name: str, report: CheckReport) -> list[dict[
             continue
         seen[cat["id"]] = cat
     cats = []
+    shared: tuple[str, ...] | None = None
     for k, cid in enumerate(sorted(seen), start=1):
         c = seen[cid]
-        cats.append({"id": cid, "contiguous_id": k, "name": c["name"],
-                     "supercategory": str(c.get("supercategory", ""))})
+        cat = {"id": cid, "contiguous_id": k, "name": c["name"],
+               "supercategory": str(c.get("supercategory", ""))}
+        if c.get("keypoints"):  # an empty list, as some exports write for every category: none
+            fields = _keypoint_fields(c, json_name, report)
+            if fields is not None and shared is not None and tuple(fields["keypoints"]) != shared:
+                report.add("keypoint_set_invalid", json_name,
+                           f"category {cid} ({c['name']!r}) names other keypoints than the "
+                           f"categories before it ({_short(list(shared), 60)}); one model predicts "
+                           "one keypoint set: give every keypoint category the same names")  # fmt: skip
+                fields = None
+            if fields is not None:
+                shared = tuple(fields["keypoints"])
+                cat.update(fields)
+        cats.append(cat)
     return cats
+
+
+def _keypoint_fields(cat: dict[str, Any], json_name: str, report: CheckReport) -> dict[str, Any] | None:
+    """A COCO category's keypoint fields, checked: `keypoints` (unique names),
+    `skeleton` (1-based pairs), and mrcli's optional `flip_pairs` (1-based
+    pairs; default from the names) and `keypoint_sigmas` (K positive numbers;
+    default keypoint_sets.sigmas_rule). None (and a problem) where they are
+    inconsistent."""
+    where = f"category {cat['id']} ({cat['name']!r})"
+    names = cat.get("keypoints")
+
+    def bad(message: str) -> None:
+        report.add("keypoint_set_invalid", json_name, f"{where}: {message}")
+
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        bad(f"'keypoints' {_short(names)} is not a list of keypoint names")
+        return None
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        bad(f"keypoint names repeat: {', '.join(dupes)}")
+        return None
+    k = len(names)
+
+    def pairs(field_name: str) -> list[list[int]] | None | bool:
+        """The 1-based pairs of a field (None: absent; False: bad, reported)."""
+        value = cat.get(field_name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(_is_int(v) and 1 <= v <= k for v in p) and p[0] != p[1]
+            for p in value
+        ):
+            bad(f"'{field_name}' {_short(value)} must be pairs [i, j] of two different keypoints "
+                f"numbered 1..{k} (COCO's skeleton numbering)")  # fmt: skip
+            return False
+        return [list(p) for p in value]
+
+    skeleton, flip_pairs = pairs("skeleton"), pairs("flip_pairs")
+    if skeleton is False or flip_pairs is False:
+        return None
+    if flip_pairs:
+        used = [v for p in flip_pairs for v in p]
+        if len(set(used)) != len(used):
+            bad(f"'flip_pairs' {_short(flip_pairs)} uses a keypoint twice; each keypoint has at most one mirror")
+            return None
+    sigmas = cat.get("keypoint_sigmas")
+    if sigmas is not None and (
+        not isinstance(sigmas, list) or len(sigmas) != k
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                   for v in sigmas)
+    ):  # fmt: skip
+        bad(f"'keypoint_sigmas' {_short(sigmas)} must be {k} positive numbers, one per keypoint")
+        return None
+    completed, rule = keypoint_sets.complete(
+        {"keypoints": list(names), "skeleton": skeleton or []},
+        [float(v) for v in sigmas] if sigmas is not None else None, flip_pairs,
+    )
+    return {**completed, "keypoint_sigmas_from": rule}
+
+
+def check_keypoints(raw: Any, k: int, h: int, w: int) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """One annotation's `keypoints` [x1, y1, v1, ...] for a set of k -> (problems
+    [(kind, message)], [k, 3] float32 or None). Unlabelled points (v = 0) become
+    (0, 0, 0); labelled ones must lie in the image (BOX_TOLERANCE)."""
+    if (not isinstance(raw, list) or len(raw) != 3 * k
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw)):
+        got = f"{len(raw)} numbers" if isinstance(raw, list) else _short(raw)
+        return [("keypoints_invalid", f"keypoints must be {3 * k} finite numbers (x, y, v for each of "
+                 f"the category's {k} keypoints), got {got}")], None  # fmt: skip
+    kp = np.asarray(raw, np.float64).reshape(k, 3)
+    bad_v = [i for i in range(k) if kp[i, 2] not in (0, 1, 2)]
+    if bad_v:
+        i = bad_v[0]
+        return [("keypoint_visibility_invalid", f"keypoint {i + 1} has visibility {kp[i, 2]:g}; COCO's are "
+                 "0 (not labelled), 1 (labelled, hidden) and 2 (visible)")], None  # fmt: skip
+    t = BOX_TOLERANCE
+    labelled = kp[:, 2] > 0
+    outside = labelled & ((kp[:, 0] < -t) | (kp[:, 1] < -t) | (kp[:, 0] > w + t) | (kp[:, 1] > h + t))
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        return [("keypoint_outside_image", f"keypoint {i + 1} at ({kp[i, 0]:g}, {kp[i, 1]:g}) is outside "
+                 f"the {w}x{h} image")], None  # fmt: skip
+    kp[~labelled] = 0.0
+    kp[:, 0] = np.clip(kp[:, 0], 0, w)
+    kp[:, 1] = np.clip(kp[:, 1], 0, h)
+    return [], kp.astype(np.float32)
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -436,6 +547,9 @@ def check_coco(
     own_cats = read_categories(data.get("categories", []), json_name, report)
     cats = categories if categories is not None else own_cats
     cat_to_contiguous = {c["id"]: c["contiguous_id"] for c in cats}
+    kset = keypoint_sets.KeypointSet.of(cats)
+    num_kp = kset.num_keypoints if kset is not None else 0
+    kp_categories = set(kset.category_ids) if kset is not None else set()
 
     # Images: ids, file names, duplicates.
     raw_images = data["images"]
@@ -568,6 +682,14 @@ def check_coco(
                         f"categories ({_short(sorted(valid_ids), 60)})", im, aid)
             fatal = True
         problems, counts, intersecting = _segmentation_to_rle(ann.get("segmentation"), h, w)
+        if ([k for k, _ in problems] == ["segmentation_missing"] and ann["category_id"] in kp_categories
+                and "bbox" in ann and not _check_box(ann.get("bbox"), h, w)[0]):
+            # Keypoint files often come without masks (pose annotation tools): the
+            # instance is its box, for box + keypoint models.
+            x1, y1, x2, y2 = _check_box(ann["bbox"], h, w)[2].tolist()
+            problems, counts = [], masklib.polygon_to_rle([[x1, y1, x2, y1, x2, y2, x1, y2]], h, w)
+            ann_problem("mask_from_box", "no segmentation; its box is its mask (train keypoint models "
+                        "with model.masks=false)", im, aid)  # fmt: skip
         for kind, msg in problems:
             ann_problem(kind, msg, im, aid)
             fatal = True
@@ -585,6 +707,24 @@ def check_coco(
                 fatal = True
         else:
             box = None
+        keypoints = np.zeros((num_kp, 3), np.float32)
+        if ann.get("keypoints") and ann["category_id"] in valid_ids:  # [] is no keypoints
+            if ann["category_id"] not in kp_categories:
+                ann_problem("keypoints_without_names", f"keypoints given, but category "
+                            f"{ann['category_id']} names no keypoints (its 'keypoints' list)", im, aid)  # fmt: skip
+                fatal = True
+            else:
+                kp_problems, kp = check_keypoints(ann["keypoints"], num_kp, h, w)
+                for kind, msg in kp_problems:
+                    ann_problem(kind, msg, im, aid)
+                    fatal = True
+                if kp is not None:
+                    keypoints = kp
+                    labelled = int((kp[:, 2] > 0).sum())
+                    n_given = ann.get("num_keypoints")
+                    if n_given is not None and n_given != labelled and not fatal:
+                        ann_problem("num_keypoints_mismatch", f"num_keypoints is {_short(n_given)} but "
+                                    f"{labelled} keypoints are labelled (v > 0); using {labelled}", im, aid)  # fmt: skip
         if fatal:
             skipped_anns += 1
             continue
@@ -595,7 +735,8 @@ def check_coco(
         if not isinstance(area, (int, float)) or isinstance(area, bool) or not math.isfinite(area):
             area = masklib.area(counts, h, w)
         crowd = bool(ann.get("iscrowd", 0))
-        per_image[iid].append((aid, box, cat_to_contiguous[ann["category_id"]], crowd, float(area), counts))
+        per_image[iid].append((aid, box, cat_to_contiguous[ann["category_id"]], crowd, float(area), counts,
+                               keypoints))  # fmt: skip
     report.skipped_annotations = skipped_anns
     report.skipped_images = num_bad_images
 
@@ -617,6 +758,8 @@ def check_coco(
                 crowd=np.array([a[3] for a in anns], bool),
                 areas=np.array([a[4] for a in anns], np.float32),
                 rles=[a[5] for a in anns],
+                keypoints=(np.array([a[6] for a in anns], np.float32).reshape(-1, num_kp, 3)
+                           if kset is not None else None),
                 image_sha256=facts.sha256,
             )
         )

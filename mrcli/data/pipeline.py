@@ -31,6 +31,13 @@ every key is present in training and in eval batches)::
                                       threshold 0.5), flipped with the image
     gt_valid    [B, N]       bool     real, non-crowd targets
     gt_crowd    [B, N]       bool     iscrowd regions: ignore regions, not targets
+    gt_keypoints [B, N, K, 3] float32 x, y in model-input pixels ((annotated +
+                                      model.keypoint_head.coordinate_offset) * the
+                                      resize factor, mirrored with the image), and
+                                      the visibility 0/1/2 (unlabelled: all 0); a
+                                      flip also swaps left and right keypoints (the
+                                      dataset's flip pairs). K = model.keypoint_head.
+                                      num_keypoints for a keypoint model, else 0
     is_padding  [B]          bool     eval: filler images of the last batch(es)
 
 Slots beyond an image's instances are zero (False). An image with more than N
@@ -51,7 +58,9 @@ at its largest scale (otherwise the one it fits best). Training: each epoch
 is a seeded permutation of the split; images are grouped into global batches
 of one bucket in order of completion (as Detectron2's aspect-ratio grouping,
 but as pure index arithmetic); a bucket's incomplete last group is dropped
-in that epoch. The random scale and flip of an image are functions of
+in that epoch; a keypoint model trains only on the images with at least
+data.min_keypoints_per_image labelled keypoints (Detectron2's filter). The
+random scale and flip of an image are functions of
 (seed, epoch, image index). Process p of P takes rows [p*B, (p+1)*B) of each
 global batch, so processes see disjoint shards and all processes use the
 same bucket at every step. Eval: every image exactly once, in storage order
@@ -101,7 +110,7 @@ log = logging.getLogger("mrcli.data")
 
 KEYS = (
     "image", "image_info", "image_id", "gt_boxes", "gt_classes", "gt_masks",
-    "gt_valid", "gt_crowd", "is_padding",
+    "gt_valid", "gt_crowd", "gt_keypoints", "is_padding",
 )
 # Effectively unbounded training stream (steps).
 _FOREVER = 1 << 40
@@ -119,11 +128,23 @@ class Spec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "pil"  # model.input.resize
+    # The dataset's horizontal-flip permutation of its K keypoints (keypoint models;
+    # empty: no keypoints in the batches) and model.keypoint_head.coordinate_offset.
+    keypoint_flip: tuple[int, ...] = ()
+    keypoint_offset: float = 0.0
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_flip)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Spec:
+    def from_config(cls, cfg: Config, dataset: Dataset | None = None) -> Spec:
+        """The spec of `cfg`; with `dataset`, a keypoint model's batches carry its keypoints."""
         d, m = cfg.data, cfg.model.input
+        kset = dataset.keypoint_set if dataset is not None and cfg.model.keypoints else None
         return cls(
+            keypoint_flip=kset.flip if kset is not None else (),
+            keypoint_offset=float(cfg.model.keypoint_head.coordinate_offset),
             buckets=tuple(tuple(int(v) for v in b) for b in d.resolved_buckets()),
             max_size=d.max_size,
             max_instances=d.max_instances,
@@ -139,6 +160,7 @@ def batch_shapes(cfg: Config, batch_size: int, bucket: tuple[int, int]) -> dict[
     """The contract's shapes and dtypes for one bucket: key -> (shape, dtype)."""
     H, W = bucket
     N, S, B = cfg.data.max_instances, cfg.data.mask_crop_size, batch_size
+    K = cfg.model.keypoint_head.num_keypoints if cfg.model.keypoints else 0
     return {
         "image": ((B, H, W, 3), np.dtype(np.float32)),
         "image_info": ((B, 5), np.dtype(np.float32)),
@@ -148,6 +170,7 @@ def batch_shapes(cfg: Config, batch_size: int, bucket: tuple[int, int]) -> dict[
         "gt_masks": ((B, N, S, S), np.dtype(np.uint8)),
         "gt_valid": ((B, N), np.dtype(bool)),
         "gt_crowd": ((B, N), np.dtype(bool)),
+        "gt_keypoints": ((B, N, K, 3), np.dtype(np.float32)),
         "is_padding": ((B,), np.dtype(bool)),
     }
 
@@ -205,9 +228,10 @@ class Plan:
 
     def __init__(self, heights, widths, *, cfg: Config, train: bool, seed: int,
                  global_batch: int, process_index: int, process_count: int,
-                 repeat: np.ndarray | None = None):  # fmt: skip
+                 repeat: np.ndarray | None = None, images: np.ndarray | None = None):  # fmt: skip
         """`repeat` [N] float >= 1: repeat factors (repeat_factors) of a
-        training split; None: every image once per epoch."""
+        training split; None: every image once per epoch. `images`: the record
+        indices a training epoch draws from (default all)."""
         d = cfg.data
         self.train = train
         self.seed = int(seed)
@@ -223,14 +247,16 @@ class Plan:
         self.scales = tuple(d.resolved_train_scales()) if train else (d.image_size,)
         self.hflip_prob = float(d.hflip_prob) if train else 0.0
         self.n = len(heights)
+        self.images = np.arange(self.n) if images is None else np.asarray(images, np.int64)
         self.bucket_of = assign_buckets(heights, widths, max(self.scales), d.max_size,
                                         tuple(d.resolved_buckets()))
-        counts = np.bincount(self.bucket_of, minlength=len(d.resolved_buckets()))
+        counts = np.bincount(self.bucket_of[self.images] if train else self.bucket_of,
+                             minlength=len(d.resolved_buckets()))  # fmt: skip
         self.repeat = None if repeat is None else np.asarray(repeat, np.float64)
         if train and self.repeat is not None:
             # An epoch holds T = ceil(sum r) images (epoch_indices); however they
             # fall into buckets, at least this many complete batches come out.
-            self.repeat_total = int(math.ceil(self.repeat.sum()))
+            self.repeat_total = int(math.ceil(self.repeat[self.images].sum()))
             nb = int(np.count_nonzero(counts))
             self.batches_per_epoch = max(0, (self.repeat_total - nb * (self.global_batch - 1))
                                          // self.global_batch)  # fmt: skip
@@ -243,7 +269,7 @@ class Plan:
             self.batches_per_epoch = int(sum(c // self.global_batch for c in counts))
             if self.batches_per_epoch == 0:
                 raise UserError(
-                    f"the split has {self.n} images ({', '.join(map(str, counts.tolist()))} per "
+                    f"the split has {len(self.images)} training images ({', '.join(map(str, counts.tolist()))} per "
                     f"bucket), fewer than one global batch of {self.global_batch} in every bucket; "
                     "lower train.global_batch or add images"
                 )
@@ -269,7 +295,7 @@ class Plan:
             self._epochs.move_to_end(epoch)
             return self._epochs[epoch]
         rng = np.random.default_rng([self.seed, epoch, 0x5EED])
-        perm = rng.permutation(self.n)
+        perm = self.images[rng.permutation(len(self.images))]
         if self.repeat is not None:
             perm = self.epoch_indices(epoch, perm)
         b = self.bucket_of[perm]
@@ -295,7 +321,7 @@ class Plan:
         systematic sampling over `order`, so an epoch holds exactly
         repeat_total images; then shuffled."""
         rng = np.random.default_rng([self.seed, epoch, 0xEFA])
-        r = self.repeat[order] * (self.repeat_total / self.repeat.sum())
+        r = self.repeat[order] * (self.repeat_total / self.repeat[self.images].sum())
         edges = np.floor(np.concatenate([[0.0], np.cumsum(r)]) + rng.random()).astype(np.int64)
         seq = np.repeat(order, np.diff(edges))
         return seq[rng.permutation(len(seq))]
@@ -463,11 +489,28 @@ def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot:
     out["gt_classes"][i, :m] = np.asarray(rec["classes"], np.int32)[keep]
     out["gt_crowd"][i, :m] = crowd
     out["gt_valid"][i, :m] = ~crowd
+    if spec.num_keypoints:
+        out["gt_keypoints"][i, :m] = _keypoints_input(np.asarray(rec["keypoints"], np.float32)[keep],
+                                                      sx, sy, rw, slot.flip, spec)  # fmt: skip
     rles = rec["rles"]
     for j, k in enumerate(keep):
         mask = masklib.decode(rles[k], h, w)
         crop = masklib.crop_and_resize(mask, boxes[k], spec.mask_size)
         out["gt_masks"][i, j] = crop[:, ::-1] if slot.flip else crop
+
+
+def _keypoints_input(kp: np.ndarray, sx: float, sy: float, rw: int, flip: bool, spec: Spec) -> np.ndarray:
+    """Stored keypoints [n, K, 3] (image pixels) -> model-input pixels: offset,
+    scaled as the boxes, mirrored with the image and left/right swapped by the
+    dataset's flip permutation; unlabelled points stay (0, 0, 0)."""
+    out = kp.copy()
+    out[..., 0] = (kp[..., 0] + spec.keypoint_offset) * np.float32(sx)
+    out[..., 1] = (kp[..., 1] + spec.keypoint_offset) * np.float32(sy)
+    if flip:
+        out[..., 0] = rw - out[..., 0]
+        out = out[:, list(spec.keypoint_flip)]  # keypoint j is now what keypoint flip[j] was
+    out[out[..., 2] <= 0] = 0.0
+    return out
 
 
 class MakeBatch:
@@ -492,6 +535,7 @@ class MakeBatch:
             "gt_masks": np.zeros((B, N, S, S), np.uint8),
             "gt_valid": np.zeros((B, N), bool),
             "gt_crowd": np.zeros((B, N), bool),
+            "gt_keypoints": np.zeros((B, N, self.spec.num_keypoints, 3), np.float32),
             "is_padding": np.array([s.index < 0 for s in slots], bool),
         }
         real = [s.index for s in slots if s.index >= 0]
@@ -680,6 +724,20 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return process_index, process_count
 
 
+def training_images(cfg: Config, dataset: Dataset, split: str) -> np.ndarray | None:
+    """The records a training epoch draws from: for a keypoint model those with at
+    least data.min_keypoints_per_image labelled keypoints (Detectron2's
+    filter_images_with_few_keypoints), else all (None)."""
+    least = cfg.data.min_keypoints_per_image
+    if not cfg.model.keypoints or least <= 0:
+        return None
+    keep = np.flatnonzero(dataset.keypoint_counts(split) >= least)
+    if not len(keep):
+        raise UserError(f"no image of {dataset.name!r} {split} has {least} labelled keypoint(s) "
+                        f"(data.min_keypoints_per_image={least}); label keypoints, or lower it")  # fmt: skip
+    return keep
+
+
 def train_batches(
     cfg: Config,
     dataset: Dataset,
@@ -705,9 +763,10 @@ def train_batches(
     plan = Plan(index["height"], index["width"], cfg=cfg, train=True,
                 seed=cfg.train.seed if seed is None else seed,
                 global_batch=global_batch or cfg.train.global_batch,
-                process_index=pi, process_count=pc, repeat=repeat)
+                process_index=pi, process_count=pc, repeat=repeat,
+                images=training_images(cfg, dataset, split))  # fmt: skip
     stop = _FOREVER if num_steps is None else start_step + int(num_steps)
-    return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg),
+    return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg, dataset),
                          num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                          stop=stop, step=start_step)
 
@@ -733,7 +792,7 @@ def eval_batches(
     plan = Plan(index["height"][:n], index["width"][:n], cfg=cfg, train=False, seed=0,
                 global_batch=global_batch or cfg.eval.batch_size,
                 process_index=pi, process_count=pc)
-    return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg),
+    return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg, dataset),
                          num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                          stop=len(plan), step=0)
 
@@ -746,7 +805,7 @@ def example_batch(cfg: Config, dataset: Dataset, split: str, indices: list[int],
     index = dataset.index(split)
     plan = Plan(index["height"], index["width"], cfg=cfg, train=train, seed=seed,
                 global_batch=1, process_index=0, process_count=1) if train else None
-    spec = Spec.from_config(cfg)
+    spec = Spec.from_config(cfg, dataset)
     d = cfg.data
     scales = d.resolved_train_scales() if train else (d.image_size,)
     buckets = assign_buckets(index["height"][indices], index["width"][indices], max(scales),
@@ -779,5 +838,5 @@ def denormalize(image: np.ndarray, cfg: Config) -> np.ndarray:
 __all__ = [
     "KEYS", "Spec", "Plan", "Slot", "BatchIterator", "MakeBatch", "batch_shapes", "empty_batch",
     "train_batches", "eval_batches", "example_batch", "denormalize", "assign_buckets",
-    "resize_scale", "resized_size", "fit_size", "image_input",
+    "resize_scale", "resized_size", "fit_size", "image_input", "training_images",
 ]

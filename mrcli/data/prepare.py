@@ -1,6 +1,7 @@
-"""`mrcli prepare`: COCO, any COCO-format dataset, Cityscapes, YOLO
-segmentation labels, labelme folders and the built-in shapes, checked and
-written as TFDS ArrayRecord datasets (see `mrcli.data.store`).
+"""`mrcli prepare`: COCO (instances or person keypoints), any COCO-format
+dataset (keypoints included), Cityscapes, YOLO segmentation labels, labelme
+folders and the built-in shapes and figures, checked and written as TFDS
+ArrayRecord datasets (see `mrcli.data.store`).
 
 Cityscapes, YOLO and labelme are read into COCO-style dicts by their readers
 (mrcli.data.cityscapes, .yolo, .labelme) and checked by the same checker as
@@ -28,7 +29,9 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from mrcli import keypoint_sets
 from mrcli.data import cityscapes as cityscapes_lib
+from mrcli.data import figures as figures_lib
 from mrcli.data import labelme as labelme_lib
 from mrcli.data import shapes as shapes_lib
 from mrcli.data import store
@@ -194,18 +197,50 @@ def prepare_shapes(
     progress: Progress = _no_progress,
 ) -> PrepareResult:
     """The built-in synthetic shapes dataset (see `mrcli.data.shapes`)."""
+    return _prepare_synthetic("shapes", shapes_lib.generate, list(shapes_lib.CATEGORIES), 32, name=name,
+                              data_dir=data_dir, num_train=num_train, num_val=num_val, size=size, seed=seed,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def _prepare_synthetic(kind: str, generate: Callable[..., list[store.Example]],
+                       categories: list[dict[str, Any]], min_size: int, *, name: str,
+                       data_dir: str | os.PathLike | None, num_train: int, num_val: int, size: int,
+                       seed: int, overwrite: bool, progress: Progress) -> PrepareResult:  # fmt: skip
+    """A built-in synthetic dataset: train and val generated from the seed."""
     _check_target(name, data_dir, overwrite, False)
     if num_train < 1 or num_val < 1:
         raise UserError("--num-train and --num-val must be at least 1")
-    if not 32 <= size <= 4096:
-        raise UserError(f"--size {size}: expected 32..4096 pixels")
+    if not min_size <= size <= 4096:
+        raise UserError(f"--size {size}: expected {min_size}..4096 pixels")
     splits = {}
     for split, n in (("train", num_train), ("val", num_val)):
         advance = progress(f"generating {split}", n)
-        splits[split] = shapes_lib.generate(n, split, size=size, seed=seed, on_example=advance)
-    source = {"kind": "shapes", "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
-    return _finish(name, data_dir, list(shapes_lib.CATEGORIES), splits, CheckReport(), source,
+        splits[split] = generate(n, split, size=size, seed=seed, on_example=advance)
+    source = {"kind": kind, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    return _finish(name, data_dir, categories, splits, CheckReport(), source,
                    on_error="fail", check_only=False, overwrite=overwrite, progress=progress)
+
+
+def prepare_figures(
+    *,
+    data_dir: str | os.PathLike | None = None,
+    name: str = "figures",
+    num_train: int = 2000,
+    num_val: int = 200,
+    size: int = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> PrepareResult:
+    """The built-in synthetic keypoint dataset (see `mrcli.data.figures`): its
+    keypoints give no sigmas, so they take the rule's (keypoint_sets.sigmas_rule)."""
+    categories = []
+    for cat in figures_lib.CATEGORIES:
+        completed, rule = keypoint_sets.complete(cat, None, None)
+        categories.append({**completed, "keypoint_sigmas_from": rule})
+    return _prepare_synthetic("figures", figures_lib.generate, categories, 64, name=name, data_dir=data_dir,
+                              num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite,
+                              progress=progress)  # fmt: skip
 
 
 # --- any COCO-format dataset -------------------------------------------------------------
@@ -379,11 +414,13 @@ def coco_urls(year: int) -> dict[str, str]:
     }
 
 
-def coco_layout(root: Path, year: int) -> dict[str, Path]:
-    """Where an extracted COCO tree keeps its parts."""
+def coco_layout(root: Path, year: int, keypoints: bool = False) -> dict[str, Path]:
+    """Where an extracted COCO tree keeps its parts: the instances files, or the
+    person keypoints files with `keypoints`."""
+    stem = "person_keypoints" if keypoints else "instances"
     return {
-        "train_annotations": root / "annotations" / f"instances_train{year}.json",
-        "val_annotations": root / "annotations" / f"instances_val{year}.json",
+        "train_annotations": root / "annotations" / f"{stem}_train{year}.json",
+        "val_annotations": root / "annotations" / f"{stem}_val{year}.json",
         "train_images": root / f"train{year}",
         "val_images": root / f"val{year}",
     }
@@ -427,23 +464,28 @@ def prepare_coco(
     overwrite: bool = False,
     progress: Progress = _no_progress,
     download_manager: Any = None,
+    keypoints: bool = False,
 ) -> PrepareResult:
-    """COCO instances train/val of `year`, from `manual_dir` (an extracted
-    COCO tree: annotations/instances_{train,val}YEAR.json, trainYEAR/, valYEAR/)
-    or downloaded with TFDS's download manager into DATA_DIR/downloads/coco
-    (its `download`; the archives are extracted with `extract_zip`)."""
+    """COCO instances train/val of `year` (with `keypoints`: COCO's person
+    keypoints, dataset "coco_person"), from `manual_dir` (an extracted COCO
+    tree: annotations/instances_{train,val}YEAR.json or
+    person_keypoints_{train,val}YEAR.json, trainYEAR/, valYEAR/) or downloaded
+    with TFDS's download manager into DATA_DIR/downloads/coco (its `download`;
+    the archives are extracted with `extract_zip`)."""
     if year not in COCO_YEARS:
         raise UserError(f"--year {year}: COCO instances exist for {', '.join(map(str, COCO_YEARS))}")
-    name = name or ("coco" if year == 2017 else f"coco{year}")
+    base = "coco_person" if keypoints else "coco"
+    name = name or (base if year == 2017 else f"{base}{year}")
     _check_target(name, data_dir, overwrite, check_only)
+    stem = "person_keypoints" if keypoints else "instances"
     if manual_dir is not None:
         root = Path(manual_dir).expanduser()
-        layout = coco_layout(root, year)
+        layout = coco_layout(root, year, keypoints)
         missing = [str(p) for p in layout.values() if not p.exists()]
         if missing:
             raise UserError(
                 f"--manual-dir {root}: missing {', '.join(missing)}; expected an extracted COCO {year} "
-                f"tree: annotations/instances_train{year}.json, annotations/instances_val{year}.json, "
+                f"tree: annotations/{stem}_train{year}.json, annotations/{stem}_val{year}.json, "
                 f"train{year}/, val{year}/"
             )
         origin = {"manual_dir": str(root.resolve())}
@@ -459,12 +501,9 @@ def prepare_coco(
         archives = download_manager.download(urls)
         extract_dir = store.resolve_data_dir(data_dir) / "downloads" / "coco" / "extracted"
         paths = {k: extract_zip(Path(os.fspath(v)), extract_dir, progress) for k, v in archives.items()}
-        layout = {
-            "train_annotations": paths["annotations"] / "annotations" / f"instances_train{year}.json",
-            "val_annotations": paths["annotations"] / "annotations" / f"instances_val{year}.json",
-            "train_images": paths["train_images"] / f"train{year}",
-            "val_images": paths["val_images"] / f"val{year}",
-        }
+        layout = coco_layout(paths["annotations"], year, keypoints)
+        layout["train_images"] = paths["train_images"] / f"train{year}"
+        layout["val_images"] = paths["val_images"] / f"val{year}"
         origin = {"urls": urls}
     return prepare_coco_json(
         annotations=layout["train_annotations"],
@@ -477,7 +516,7 @@ def prepare_coco(
         check_only=check_only,
         overwrite=overwrite,
         progress=progress,
-        source={"kind": "coco", "year": year, **origin},
+        source={"kind": "coco", "year": year, **({"keypoints": True} if keypoints else {}), **origin},
     )
 
 
@@ -503,10 +542,22 @@ def summary_table(result: PrepareResult):
         t.add_row(label, *[f"{splits[s][key]:,}" for s in splits])
     t.add_row("smallest image (h x w)", *[f"{splits[s]['min_size'][0]} x {splits[s]['min_size'][1]}" for s in splits])
     t.add_row("largest image (h x w)", *[f"{splits[s]['max_size'][0]} x {splits[s]['max_size'][1]}" for s in splits])
+    if all("keypoints" in splits[s] for s in splits):
+        t.add_row("instances with keypoints", *[f"{splits[s]['keypoint_instances']:,}" for s in splits])
+        t.add_row("labelled keypoints", *[f"{splits[s]['keypoints']:,}" for s in splits])
     t.add_section()
     for cat in rec["categories"]:
         t.add_row(f"{cat['contiguous_id']:>3} {cat['name']} (id {cat['id']})",
                   *[f"{splits[s]['per_class'][cat['name']]:,}" for s in splits])
+    kset = keypoint_sets.KeypointSet.of(rec["categories"])
+    if kset is not None:
+        t.add_section()
+        first = next(c for c in rec["categories"] if c.get("keypoints"))
+        pairs = ", ".join(f"{kset.names[a - 1]}/{kset.names[b - 1]}" for a, b in kset.flip_pairs)
+        blank = [""] * (len(splits) - 1)
+        t.add_row("keypoints", f"{kset.num_keypoints}: {', '.join(kset.names)}", *blank)
+        t.add_row("flipped pairs", pairs or "none", *blank)
+        t.add_row("OKS sigmas", first.get("keypoint_sigmas_from", ""), *blank)
     t.add_section()
     t.add_row("fingerprint", *([rec["fingerprint"]] + [""] * (len(splits) - 1)))
     return t

@@ -115,9 +115,17 @@ def render(seed: int, split: str, index: int, size: int,
 
 def make_example(seed: int, split: str, index: int, size: int, max_shapes: int = MAX_SHAPES) -> Example:
     rgb, instances = render(seed, split, index, size, max_shapes)
+    return synthetic_example(split, index, rgb, [m for _, m in instances], [c for c, _ in instances])
+
+
+def synthetic_example(split: str, index: int, rgb: np.ndarray, masks: list[np.ndarray], classes: list[int],
+                      keypoints: np.ndarray | None = None) -> Example:  # fmt: skip
+    """A generated image [h, w, 3] uint8 with its instances (masks [h, w] bool, classes,
+    keypoints [n, K, 3] or None) as the Example to store: JPEG bytes, tight boxes,
+    mask areas; image id index + 1, annotation ids 100 (index + 1) + 1, 2, ..."""
     h, w = rgb.shape[:2]
     data = imagelib.encode_jpeg(rgb, quality=92)
-    rles = [masklib.encode(m) for _, m in instances]
+    rles = [masklib.encode(m) for m in masks]
     boxes = [masklib.tight_box(r, h, w) for r in rles]
     return Example(
         image_id=index + 1,
@@ -125,20 +133,24 @@ def make_example(seed: int, split: str, index: int, size: int, max_shapes: int =
         height=h,
         width=w,
         load=lambda data=data: data,
-        ann_ids=np.arange(1, len(instances) + 1, dtype=np.int64) + 100 * (index + 1),
+        ann_ids=np.arange(1, len(masks) + 1, dtype=np.int64) + 100 * (index + 1),
         boxes=np.array(boxes, np.float32).reshape(-1, 4),
-        classes=np.array([c for c, _ in instances], np.int32),
-        crowd=np.zeros(len(instances), bool),
-        areas=np.array([float(m.sum()) for _, m in instances], np.float32),
+        classes=np.array(classes, np.int32).reshape(-1),
+        crowd=np.zeros(len(masks), bool),
+        areas=np.array([float(m.sum()) for m in masks], np.float32),
         rles=rles,
+        keypoints=keypoints,
         image_sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
-def generate(num: int, split: str, *, size: int = 128, seed: int = 0, on_example=None) -> list[Example]:
+def generate(num: int, split: str, *, size: int = 128, seed: int = 0, on_example=None,
+             make=make_example) -> list[Example]:  # fmt: skip
+    """`num` examples of `split`, each `make(seed, split, index, size)` (the shapes'
+    by default; mrcli.data.figures passes its own)."""
     out = []
     for k in range(num):
-        out.append(make_example(seed, split, k, size))
+        out.append(make(seed, split, k, size))
         if on_example is not None:
             on_example()
     return out

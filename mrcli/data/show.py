@@ -1,7 +1,8 @@
 """`mrcli show`: overlay PNGs of a prepared dataset (masks in colour, boxes,
-class names), raw or as the training pipeline gives them to the model, so a
-person can see that the data is right before training; and with --stats the
-dataset's statistics as pictures (mrcli.data.stats counts, mrcli.plots draws):
+class names, keypoints and their skeleton), raw or as the training pipeline
+gives them to the model, so a person can see that the data is right before
+training; and with --stats the dataset's statistics as pictures
+(mrcli.data.stats counts, mrcli.plots draws):
 
     OUT/classes.png               instances per class
     OUT/instances_per_image.png   with data.max_instances and detections per image
@@ -61,10 +62,13 @@ def blend(rgb: np.ndarray, masks: Iterable[np.ndarray], colours: Sequence[Sequen
 
 def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: Iterable[np.ndarray], labels: list[str],
             crowd: np.ndarray | None = None, alpha: float = 0.45,
-            scores: Sequence[float] | None = None) -> np.ndarray:
+            scores: Sequence[float] | None = None, keypoints: np.ndarray | None = None,
+            skeleton: Sequence[Sequence[int]] = ()) -> np.ndarray:
     """Draw full-image masks [H, W], xyxy boxes and labels (with `scores`,
     as "label 0.93") on an RGB image [H, W, 3]. Instance i has colour
-    PALETTE[i % 20]. Crowd regions are drawn in grey with a 'crowd' label."""
+    PALETTE[i % 20]. Crowd regions are drawn in grey with a 'crowd' label.
+    `keypoints` [n, K, 3] (x, y, v: drawn where v > 0) are dots joined by the
+    `skeleton`'s lines (1-based pairs, COCO's numbering) in the instance's colour."""
     n = len(boxes)
     crowd = np.zeros(n, bool) if crowd is None else np.asarray(crowd, bool)
     colours = [np.array(CROWD_GREY, np.uint8) if crowd[i] else PALETTE[i % len(PALETTE)] for i in range(n)]
@@ -80,11 +84,25 @@ def overlay(rgb: np.ndarray, boxes: np.ndarray, masks: Iterable[np.ndarray], lab
         text = ("crowd: " if crowd[i] else "") + labels[i]
         if scores is not None:
             text += f" {float(scores[i]):.2f}"
+        if keypoints is not None:
+            _draw_skeleton(draw, np.asarray(keypoints[i], np.float32), skeleton, c)
         tx, ty = x1 + 1, max(0.0, y1 - 11)
         bbox = draw.textbbox((tx, ty), text, font=font)
         draw.rectangle(bbox, fill=(0, 0, 0))
         draw.text((tx, ty), text, fill=c, font=font)
     return np.asarray(img)
+
+
+def _draw_skeleton(draw: ImageDraw.ImageDraw, kp: np.ndarray, skeleton: Sequence[Sequence[int]],
+                   colour: tuple[int, ...]) -> None:
+    """One instance's keypoints [K, 3]: lines of the skeleton between shown points,
+    then a dot with a dark rim at each (the rim keeps it visible on its own colour)."""
+    shown = kp[:, 2] > 0
+    for a, b in skeleton:
+        if 1 <= a <= len(kp) and 1 <= b <= len(kp) and shown[a - 1] and shown[b - 1]:
+            draw.line((*kp[a - 1, :2].tolist(), *kp[b - 1, :2].tolist()), fill=colour, width=2)
+    for x, y in kp[shown, :2].tolist():
+        draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colour, outline=(0, 0, 0))
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
@@ -102,7 +120,10 @@ def raw_overlay(dataset: Dataset, split: str, index: int) -> tuple[int, np.ndarr
     masks = [masklib.decode(r, h, w) for r in rec["rles"]]
     names = dataset.class_names
     labels = [names[int(c)] for c in rec["classes"]]
-    return int(rec["image_id"]), overlay(rgb, np.asarray(rec["boxes"]), masks, labels, rec["crowd"])
+    kset = dataset.keypoint_set
+    return int(rec["image_id"]), overlay(rgb, np.asarray(rec["boxes"]), masks, labels, rec["crowd"],
+                                         keypoints=rec["keypoints"] if kset is not None else None,
+                                         skeleton=kset.skeleton if kset is not None else ())  # fmt: skip
 
 
 def augmented_overlay(dataset: Dataset, split: str, index: int, cfg: Config,
@@ -126,7 +147,10 @@ def augmented_overlay(dataset: Dataset, split: str, index: int, cfg: Config,
         rgb[:, rw:] = rgb[:, rw:] // 2
     if rh < H:
         rgb[rh:, :] = rgb[rh:, :] // 2
-    return int(b["image_id"][0]), overlay(rgb, boxes, masks, labels, b["gt_crowd"][0][valid])
+    kset = dataset.keypoint_set
+    kp = b["gt_keypoints"][0][valid] if b["gt_keypoints"].shape[2] else None
+    return int(b["image_id"][0]), overlay(rgb, boxes, masks, labels, b["gt_crowd"][0][valid], keypoints=kp,
+                                          skeleton=kset.skeleton if kset is not None else ())  # fmt: skip
 
 
 def show(dataset: Dataset, *, split: str, out: str | os.PathLike, num: int = 8,

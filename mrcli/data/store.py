@@ -7,14 +7,17 @@ Layout (one directory per dataset in the data directory)::
         metadata.json                        the mrcli record (below), as TFDS metadata
         NAME-train.array_record-00000-of-0000N, ...
         mrcli_index.npz                      per split: image_id, height, width, num_instances,
-                                             class_ids + class_offsets (the classes of each image)
+                                             class_ids + class_offsets (the classes of each image),
+                                             num_keypoints (labelled keypoints of each image)
 
 How: tensorflow-datasets 4.9.10 writes ArrayRecord shards and its metadata
 without TensorFlow through a `GeneratorBasedBuilder` with
 `file_format="array_record"`, as long as the features avoid the ones that
 encode with TensorFlow (`tfds.features.Image` needs it). So images are stored
 as their encoded bytes (`Tensor(shape=(), dtype=object)`) and decoded by the
-input pipeline with PIL, masks as pycocotools compressed RLE bytes. Reading
+input pipeline with PIL, masks as pycocotools compressed RLE bytes; a
+keypoint dataset adds `keypoints` [n, K, 3] (its categories carry the names,
+skeleton, flip pairs and OKS sigmas: mrcli.keypoint_sets). Reading
 needs no TensorFlow either: `tfds.builder_from_directory(path)` or
 `tfds.data_source(NAME, data_dir=DATA_DIR)` give random-access
 `ArrayRecordDataSource`s. (`tfds.data_source("coco", ...)` would resolve to
@@ -52,6 +55,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from mrcli.errors import UserError
+from mrcli.keypoint_sets import KeypointSet
 
 VERSION = "1.0.0"
 FORMAT = 1
@@ -173,6 +177,31 @@ class Dataset:
         return ["background"] + [c["name"] for c in self.categories]
 
     @property
+    def keypoint_set(self) -> KeypointSet | None:
+        """The dataset's keypoints (names, skeleton, flip pairs, sigmas), or None."""
+        return KeypointSet.of(self.categories)
+
+    def check_num_keypoints(self, num_keypoints: int) -> None:
+        """A UserError when a keypoint model's K is not this dataset's, or it has none."""
+        kset = self.keypoint_set
+        if kset is None:
+            raise UserError(f"dataset {self.name!r} has no keypoints (no category lists 'keypoints'); "
+                            "train a keypoint model (model.keypoints=true) on a keypoint dataset, "
+                            "e.g. `mrcli prepare coco --keypoints` or `mrcli prepare figures`")  # fmt: skip
+        if kset.num_keypoints != num_keypoints:
+            raise UserError(f"model.keypoint_head.num_keypoints is {num_keypoints} but dataset "
+                            f"{self.name!r} has {kset.num_keypoints} keypoints; use --set "
+                            f"model.keypoint_head.num_keypoints={kset.num_keypoints}")  # fmt: skip
+
+    def keypoint_counts(self, split: str) -> np.ndarray:
+        """[N] labelled keypoints of each record's targets, in storage order."""
+        self.check_split(split)
+        counts = self._index.get(f"{split}/num_keypoints")
+        if counts is not None:
+            return counts
+        return np.zeros(self.num_examples(split), np.int32)  # prepared before keypoints: none
+
+    @property
     def fingerprint(self) -> str:
         return self.record["fingerprint"]
 
@@ -245,6 +274,7 @@ class Dataset:
         pycocotools' COCO/COCOeval: the exact ground truth that was prepared."""
         src = self.source(split)
         contiguous_to_id = {c["contiguous_id"]: c["id"] for c in self.categories}
+        keypoints = self.keypoint_set is not None
         images, anns = [], []
         for k in range(len(src)):
             ex = src[k]
@@ -266,10 +296,15 @@ class Dataset:
                         "segmentation": {"size": [h, w], "counts": _text(ex["rles"][j])},
                     }
                 )
+                if keypoints:
+                    kp = np.asarray(ex["keypoints"][j], np.float32)  # [K, 3]
+                    anns[-1]["keypoints"] = [round(float(v), 3) for v in kp.reshape(-1)]
+                    anns[-1]["num_keypoints"] = int((kp[:, 2] > 0).sum())
         cats = [
-            {"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", "")}
+            {"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", ""),
+             **({"keypoints": c["keypoints"], "skeleton": c.get("skeleton", [])} if c.get("keypoints") else {})}
             for c in self.categories
-        ]
+        ]  # fmt: skip
         return {"images": images, "annotations": anns, "categories": cats}
 
 
@@ -298,9 +333,25 @@ class Example:
     crowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     rles: list[bytes] = field(default_factory=list)
+    # [n, K, 3] float32 x, y (image pixels, as annotated), visibility 0/1/2 for a
+    # dataset with keypoints (zeros for instances of categories without); else None.
+    keypoints: np.ndarray | None = None
     image_sha256: str = ""  # of the source file (for the fingerprint)
 
     def features(self, data: bytes) -> dict[str, Any]:
+        out = self._features(data)
+        if self.keypoints is not None:
+            out["keypoints"] = np.asarray(self.keypoints, np.float32)  # [n, K, 3]
+        return out
+
+    def num_labelled_keypoints(self) -> int:
+        """Labelled keypoints (v > 0) of the instances that are targets (not crowd)."""
+        if self.keypoints is None or not len(self.ann_ids):
+            return 0
+        kp = np.asarray(self.keypoints)  # [n, K, 3]
+        return int((kp[~np.asarray(self.crowd, bool), :, 2] > 0).sum())
+
+    def _features(self, data: bytes) -> dict[str, Any]:
         return {
             "image": data,
             "image_id": int(self.image_id),
@@ -329,6 +380,9 @@ class Example:
         for r in self.rles:
             h.update(len(r).to_bytes(8, "little"))
             h.update(r)
+        if self.keypoints is not None:  # datasets without keypoints hash as before
+            h.update(b"keypoints")
+            h.update(np.ascontiguousarray(self.keypoints, dtype=np.float32).tobytes())
         return h.digest()
 
 
@@ -343,12 +397,19 @@ def fingerprint(categories: list[dict[str, Any]], splits: dict[str, list[Example
     return h.hexdigest()[:16]
 
 
-def _features():
+def _features(num_keypoints: int = 0):
+    """The stored features; `keypoints` only for a dataset with a keypoint set of
+    `num_keypoints` (datasets without keep the features of earlier releases)."""
     import tensorflow_datasets as tfds
 
     obj = np.object_
+    extra = {}
+    if num_keypoints:
+        # Per instance: K x (x, y, visibility), image pixels as annotated (COCO keypoints).
+        extra["keypoints"] = tfds.features.Tensor(shape=(None, num_keypoints, 3), dtype=np.float32)
     return tfds.features.FeaturesDict(
         {
+            **extra,
             # Encoded upright 8-bit RGB JPEG or PNG bytes.
             "image": tfds.features.Tensor(shape=(), dtype=obj),
             # The dataset's own image id.
@@ -371,6 +432,11 @@ def _features():
     )
 
 
+def _num_keypoints(categories: list[dict[str, Any]] | None) -> int:
+    kset = KeypointSet.of(categories)
+    return kset.num_keypoints if kset is not None else 0
+
+
 def _builder_class(name: str, record: dict[str, Any], splits: dict[str, list[Example]],
                    on_example: Callable[[str], None] | None):
     import tensorflow_datasets as tfds
@@ -382,7 +448,7 @@ def _builder_class(name: str, record: dict[str, Any], splits: dict[str, list[Exa
             return tfds.core.DatasetInfo(
                 builder=self,
                 description=f"mrcli dataset {name!r} ({record.get('source', {}).get('kind', '')})",
-                features=_features(),
+                features=_features(_num_keypoints(record.get("categories"))),
                 metadata=tfds.core.MetadataDict(record),
                 disable_shuffling=True,
             )
@@ -456,6 +522,9 @@ def write_dataset(
             present = [np.unique(np.asarray(e.classes)[~np.asarray(e.crowd, bool)]) for e in examples]
             index[f"{split}/class_ids"] = np.concatenate(present or [np.zeros(0)]).astype(np.int32)
             index[f"{split}/class_offsets"] = np.cumsum([0] + [len(p) for p in present]).astype(np.int64)
+            # Labelled keypoints of each image's targets (data.min_keypoints_per_image).
+            index[f"{split}/num_keypoints"] = np.array([e.num_labelled_keypoints() for e in examples],
+                                                       np.int32)  # fmt: skip
         np.savez(out / INDEX_FILE, **index)
         for fname, content in (extra_files or {}).items():
             (out / fname).write_bytes(content)
@@ -485,11 +554,13 @@ def record_summary(
     categories: list[dict[str, Any]], splits: dict[str, Iterable[Example]]
 ) -> dict[str, dict[str, Any]]:
     """Per split: images, instances, crowd regions, empty images, per-class
-    counts (non-crowd), image size range."""
+    counts (non-crowd), image size range; with keypoints, the labelled keypoints
+    and the instances that have any."""
     names = {c["contiguous_id"]: c["name"] for c in categories}
     out = {}
     for split, examples in splits.items():
-        n_img = n_inst = n_crowd = n_empty = 0
+        n_img = n_inst = n_crowd = n_empty = n_kp = n_kp_inst = 0
+        with_keypoints = False
         per_class = {c["name"]: 0 for c in categories}
         hs, ws = [], []
         for ex in examples:
@@ -503,6 +574,11 @@ def record_summary(
                     per_class[names[c]] += 1
             hs.append(ex.height)
             ws.append(ex.width)
+            if ex.keypoints is not None:
+                with_keypoints = True
+                kp = np.asarray(ex.keypoints)[~crowd]  # [n, K, 3]
+                n_kp += int((kp[..., 2] > 0).sum())
+                n_kp_inst += int((kp[..., 2] > 0).any(axis=1).sum())
         out[split] = {
             "images": n_img,
             "instances": n_inst,
@@ -512,5 +588,8 @@ def record_summary(
             "min_size": [int(min(hs)), int(min(ws))] if hs else [0, 0],
             "max_size": [int(max(hs)), int(max(ws))] if hs else [0, 0],
         }
+        if with_keypoints:
+            out[split]["keypoints"] = n_kp  # labelled (v > 0), of non-crowd instances
+            out[split]["keypoint_instances"] = n_kp_inst  # instances with any labelled
     return out
 

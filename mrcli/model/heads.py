@@ -1,11 +1,12 @@
-"""Network heads: RPN head, box head, mask heads (conv and U-Net).
+"""Network heads: RPN head, box head, mask heads (conv and U-Net), keypoint head.
 
 Only the layers live here; what their outputs mean (decoding, sampling,
 losses, post-processing) is in rpn.py, roi_heads.py and losses.py.
 
 Dimension key: B batch, H/W feature height/width, A anchors per location,
-R rois, P RoI pool side (7 box, 14 mask), K foreground classes (K + 1 with
-background), M mask side (28), F fpn channels.
+R rois, P RoI pool side (7 box, 14 mask and keypoint), K foreground classes
+(K + 1 with background) or keypoints (the keypoint head), M mask side (28),
+F fpn channels.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mrcli.config import BoxHeadConfig, MaskHeadConfig
-from mrcli.model.layers import Conv, Deconv2x2, Linear, normal
+import numpy as np
+
+from mrcli.config import BoxHeadConfig, KeypointHeadConfig, MaskHeadConfig
+from mrcli.model.layers import Conv, ConvTranspose, Deconv2x2, Linear, he_fan_out, normal
 
 Array = jax.Array
 
@@ -127,4 +130,43 @@ class UNetMaskHead(nnx.Module):
         return self.predictor(y).astype(jnp.float32)
 
 
-__all__ = ["BoxHead", "MaskHead", "RPNHead", "UNetMaskHead"]
+def upsample_2x_matrix(n: int) -> np.ndarray:
+    """[2n, n] float32 weights of PyTorch's bilinear 2x upsampling (align_corners=False,
+    scale_factor=2): output i samples the input at (i + 0.5) / 2 - 0.5, clamped at 0,
+    its upper neighbour clamped at the edge (torch's UpSample.h)."""
+    src = np.maximum((np.arange(2 * n, dtype=np.float32) + 0.5) * np.float32(0.5) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (src - lo).astype(np.float32)
+    out = np.zeros((2 * n, n), np.float32)
+    np.add.at(out, (np.arange(2 * n), lo), 1.0 - frac)
+    np.add.at(out, (np.arange(2 * n), hi), frac)
+    return out
+
+
+class KeypointHead(nnx.Module):
+    """Keypoint R-CNN's head (He et al. 2017 §5; torchvision KeypointRCNNHeads +
+    KeypointRCNNPredictor, Detectron2 KRCNNConvDeconvUpsampleHead):
+    `keypoint_head.convs` x (3x3 conv `dim` + ReLU) on the 14 x 14 RoI features,
+    a 4 x 4 transposed conv with stride 2 to K maps (28 x 28), then bilinear 2x
+    upsampling to K heatmaps of 56 x 56 logits, one per keypoint (a softmax over
+    the positions of each). Init: kaiming normal (fan-out), zero bias."""
+
+    def __init__(self, cfg: KeypointHeadConfig, in_channels: int, *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):  # fmt: skip
+        f, d, k = in_channels, cfg.dim, cfg.num_keypoints
+        self.convs = nnx.List(
+            [Conv(f if i == 0 else d, d, 3, init=he_fan_out, dtype=dtype, rngs=rngs) for i in range(cfg.convs)]
+        )
+        self.deconv = ConvTranspose(d, k, 4, stride=2, padding=1, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        """[R,P,P,F] -> heatmap logits [R,4P,4P,K] (float32)."""
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        low = self.deconv(x).astype(jnp.float32)  # [R,2P,2P,K]
+        up = jnp.asarray(upsample_2x_matrix(low.shape[1]))  # [4P,2P]
+        return jnp.einsum("ai,rijk,bj->rabk", up, low, up, precision=jax.lax.Precision.HIGHEST)
+
+
+__all__ = ["BoxHead", "KeypointHead", "MaskHead", "RPNHead", "UNetMaskHead", "upsample_2x_matrix"]

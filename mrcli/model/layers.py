@@ -1,4 +1,4 @@
-"""The few parameter holders the model is built from: conv, linear, 2x2 deconv, norms.
+"""The few parameter holders the model is built from: conv, linear, transposed convs, norms.
 
 Modules hold parameters only; their `__call__` is plain jax.lax arithmetic on
 NHWC activations with HWIO kernels (PyTorch OIHW kernels are transposed on
@@ -85,6 +85,10 @@ def _initializer(kind: str, gain: float = 1.0, mode: str = "fan_in", std: float 
 
 # He et al. 2015 "msra" fill for convs followed by ReLU: normal, std sqrt(2 / fan_out).
 he_fan_out = _initializer("normal", gain=2.0, mode="fan_out")
+# PyTorch's kaiming_normal_(mode="fan_out") on a ConvTranspose2d weight [C, O, k, k]:
+# its "fan_out" counts dim 0, the input channels, so std = sqrt(2 / (C k k)), the
+# fan-in of our HWIO kernel (torchvision's and Detectron2's keypoint deconv).
+he_fan_in = _initializer("normal", gain=2.0, mode="fan_in")
 # Caffe2 "xavier" fill = kaiming_uniform(a=1): uniform, bound sqrt(3 / fan_in)
 # (Detectron2 c2_xavier_fill; torchvision's FPN convs).
 c2_xavier = _initializer("uniform", gain=1.0, mode="fan_in")
@@ -156,29 +160,64 @@ class Linear(nnx.Module):
         return y + self.bias[...].astype(self.dtype)
 
 
-class Deconv2x2(nnx.Module):
-    """2 x 2 transposed convolution with stride 2 (Mask R-CNN's mask upsampling).
+class ConvTranspose(nnx.Module):
+    """k x k transposed convolution with stride s and PyTorch's `padding` p: output
+    side (n - 1) s - 2p + k (Keypoint R-CNN's 4 x 4, stride 2, padding 1: 2n).
 
-    The windows do not overlap, so output pixel (2i + a, 2j + b) is
-    x[i, j] @ W[a, b] + bias: an einsum, with PyTorch's ConvTranspose2d kernel
-    layout [C, O, a, b] (no spatial flip) mapping to W[a, b, C, O].
+    The kernel is PyTorch's ConvTranspose2d weight [C, O, a, b] laid out as
+    [a, b, C, O] (no flip; weights import by a transpose). It runs as the
+    equivalent convolution: the input dilated by s, padded by k - 1 - p on each
+    side, with the kernel flipped in space.
     """
 
     def __init__(
         self,
         in_features: int,
         out_features: int,
+        kernel_size: int,
         *,
-        init=he_fan_out,
+        stride: int,
+        padding: int,
+        init=he_fan_in,
         trainable: bool = True,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         var = variable_type(trainable)
-        # fan_out of a stride-2 2x2 deconv = O * 4, as Caffe2's msra fill counts it.
-        self.kernel = var(init(rngs.params(), (2, 2, in_features, out_features), jnp.float32))
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = var(init(rngs.params(), shape, jnp.float32))
         self.bias = var(jnp.zeros((out_features,), jnp.float32))
+        self.stride = stride
+        self.padding = padding
         self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:  # [R,H,W,C] -> [R,(H-1)s-2p+k,(W-1)s-2p+k,O]
+        k = self.kernel[...].astype(self.dtype)
+        edge = k.shape[0] - 1 - self.padding
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            k[::-1, ::-1],
+            window_strides=(1, 1),
+            padding=((edge, edge), (edge, edge)),
+            lhs_dilation=(self.stride, self.stride),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + self.bias[...].astype(self.dtype)
+
+
+class Deconv2x2(ConvTranspose):
+    """2 x 2 transposed convolution with stride 2 (Mask R-CNN's mask upsampling).
+
+    The windows do not overlap, so output pixel (2i + a, 2j + b) is
+    x[i, j] @ W[a, b] + bias: an einsum, with PyTorch's ConvTranspose2d kernel
+    layout [C, O, a, b] (no spatial flip) mapping to W[a, b, C, O].
+    Init: fan_out of a stride-2 2x2 deconv = O * 4, as Caffe2's msra fill counts it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, init=he_fan_out, trainable: bool = True,
+                 dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        super().__init__(in_features, out_features, 2, stride=2, padding=0, init=init, trainable=trainable,
+                         dtype=dtype, rngs=rngs)  # fmt: skip
 
     def __call__(self, x: Array) -> Array:  # [R,H,W,C] -> [R,2H,2W,O]
         r, h, w, _ = x.shape

@@ -8,14 +8,19 @@ two terms), in float32, normalised as torchvision does (docs/design.md §6):
   box: smooth-L1 of the gt class's deltas summed over the foreground RoIs, divided
   by the number of sampled RoIs (torchvision fastrcnn_loss);
 - mask: per-pixel sigmoid cross-entropy of the gt class's mask, averaged over
-  the foreground RoIs' M x M pixels (torchvision maskrcnn_loss).
+  the foreground RoIs' M x M pixels (torchvision maskrcnn_loss);
+- keypoints: softmax cross-entropy over the S x S heatmap positions of each
+  labelled keypoint inside its foreground RoI, averaged over those keypoints
+  (torchvision keypointrcnn_loss; Detectron2's "visible" normaliser), or
+  divided by a constant (model.keypoint_head.loss_normalization).
 
 Functions here work on one image and return (sum, count) pairs, so that a batch
 (and a data-parallel batch) is normalised by its totals, as torchvision
 concatenates the images before averaging.
 
-Dimension key: S sampled anchors or RoIs, K foreground classes (K + 1 with
-background), F mask slots, M mask side.
+Dimension key: S sampled anchors or RoIs (the heatmap side in keypoint_terms),
+K foreground classes (K + 1 with background) or keypoints, F mask or keypoint
+slots, M mask side.
 """
 
 from __future__ import annotations
@@ -100,12 +105,29 @@ def mask_terms(
     return {"mask_sum": jnp.sum(bce * v), "mask_pixels": jnp.sum(v) * pixels}
 
 
+def keypoint_terms(
+    logits: Array,  # [F, K, S*S] heatmap logits over the positions
+    targets: Array,  # [F, K] int, the target position
+    valid: Array,  # [F, K] bool: a foreground slot's labelled keypoint inside its RoI
+) -> dict[str, Array]:
+    """Sum of the softmax cross-entropy over the S*S positions (He et al. 2017 §5)
+    at the valid keypoints, and their count."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ce = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [F, K]
+    v = valid.astype(jnp.float32)
+    return {"keypoint_sum": jnp.sum(ce * v), "keypoint_count": jnp.sum(v)}
+
+
 def _mean(total: Array, count: Array) -> Array:
     return total / jnp.maximum(count, 1.0)
 
 
-def combine(terms: dict[str, Array], masks: bool) -> tuple[Array, dict[str, Array]]:
-    """Per-image sums [B] -> (total loss, metrics), normalised by batch totals."""
+def combine(terms: dict[str, Array], masks: bool,
+            keypoint_weight: float | None = None) -> tuple[Array, dict[str, Array]]:  # fmt: skip
+    """Per-image sums [B] -> (total loss, metrics), normalised by batch totals.
+    With `keypoint_weight` (a keypoint model) the keypoint loss is
+    keypoint_sum / keypoint_norm times it: keypoint_norm is the visible
+    keypoints' count or a constant per image (model.keypoint_head.loss_normalization)."""
     t = {k: jnp.sum(v) for k, v in terms.items()}
     metrics = {
         "loss_rpn_cls": _mean(t["rpn_cls_sum"], t["rpn_count"]),
@@ -119,5 +141,8 @@ def combine(terms: dict[str, Array], masks: bool) -> tuple[Array, dict[str, Arra
     }
     if masks:
         metrics["loss_mask"] = _mean(t["mask_sum"], t["mask_pixels"])
+    if keypoint_weight is not None:
+        metrics["loss_keypoint"] = keypoint_weight * _mean(t["keypoint_sum"], t["keypoint_norm"])
+        metrics["keypoints_visible"] = t["keypoint_count"]
     loss = sum(v for k, v in metrics.items() if k.startswith("loss_"))
     return loss, metrics

@@ -21,14 +21,17 @@ Batch (a dict of arrays; docs/design.md §4):
   gt_boxes [B,N,4] float32 xyxy input pixels; gt_classes [B,N] int32 1..K
   gt_masks [B,N,G,G] uint8, each gt's mask cropped to its box, G x G
   gt_valid [B,N] bool; gt_crowd [B,N] bool (optional: ignore regions)
+  gt_keypoints [B,N,K,3] float32 x, y input pixels, visibility 0/1/2 (keypoint models)
   is_padding [B] bool (optional: contributes nothing)
 Detections: boxes [B,D,4] (input pixels), scores [B,D], classes [B,D] int32
 (1..K), masks [B,D,M,M] float32 probabilities of the detected class's mask in
-the box (M = 28), valid [B,D].
+the box (M = 28), keypoint_heatmaps [B,D,K,S,S] float32 logits over the box
+(keypoint models; S = 56, decoded on the host: mrcli.ops.keypoints), valid [B,D].
 
 Dimension key: B batch, H/W padded input size, N gt, G gt mask crop side,
-A anchors, P proposals, S sampled RoIs, F mask slots, D detections,
-K foreground classes, M mask side, C channels.
+A anchors, P proposals, S sampled RoIs (heatmap side in keypoint outputs),
+F mask or keypoint slots, D detections, K foreground classes (keypoints in
+gt_keypoints and keypoint_heatmaps), M mask side, C channels.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from mrcli.errors import UserError
 from mrcli.model import losses, roi_heads, rpn
 from mrcli.model.backbone import ResNet, compute_dtype, stage_channels
 from mrcli.model.fpn import FPN
-from mrcli.model.heads import BoxHead, MaskHead, RPNHead, UNetMaskHead
+from mrcli.model.heads import BoxHead, KeypointHead, MaskHead, RPNHead, UNetMaskHead
 from mrcli.model.layers import Frozen
 from mrcli.ops import anchors as anchor_ops
 from mrcli.ops.roi_align import multilevel_roi_align
@@ -54,7 +57,8 @@ Array = jax.Array
 
 
 class MaskRCNN(nnx.Module):
-    """The layers: backbone, FPN, RPN head, box head and (unless box-only) a mask head."""
+    """The layers: backbone, FPN, RPN head, box head, and a mask head and a keypoint
+    head where the config switches them on (model.masks, model.keypoints)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=compute_dtype(cfg.dtype), rngs=rngs)
@@ -69,6 +73,7 @@ class MaskRCNN(nnx.Module):
             self.mask_head = UNetMaskHead(cfg.mask_head, f, k, **kw)
         else:
             self.mask_head = MaskHead(cfg.mask_head, f, k, **kw)
+        self.keypoint_head = KeypointHead(cfg.keypoint_head, f, **kw) if cfg.keypoints else None
 
     def __call__(self, images: Array) -> tuple[Array, ...]:
         """[B,H,W,3] -> P2..P6, [B,H/4,W/4,C] .. [B,H/64,W/64,C]."""
@@ -146,6 +151,11 @@ class Model:
                 net.mask_head, _pool(cfg.roi_align, feats, dets["boxes"], cfg.mask_head.pool_size)
             )  # [B,D,M,M,K+1]
             dets["masks"] = jax.nn.sigmoid(_class_masks(mask_logits, dets["classes"]))
+        if net.keypoint_head is not None:
+            heatmaps = _heads_batched(
+                net.keypoint_head, _pool(cfg.roi_align, feats, dets["boxes"], cfg.keypoint_head.pool_size)
+            )  # [B,D,S,S,K]
+            dets["keypoint_heatmaps"] = jnp.moveaxis(heatmaps, -1, 2)  # [B,D,K,S,S]
         if extras:
             dets["features"] = tuple(f.astype(jnp.float32) for f in feats)
             dets["proposals"] = props
@@ -214,10 +224,37 @@ class Model:
                 lambda gm, gb, mg, r: roi_heads.mask_targets(gm, gb, mg, r, m, ratio)
             )(batch["gt_masks"], gt_boxes, samples["matched_gt"][:, :f], rois)
             terms.update(jax.vmap(losses.mask_terms)(mask_logits, targets, mvalid))
+        if net.keypoint_head is not None:
+            terms.update(self._keypoint_terms(net, feats, samples, batch["gt_keypoints"]))
         if "is_padding" in batch:
             keep = 1.0 - batch["is_padding"].astype(jnp.float32)
             terms = {k: v * keep for k, v in terms.items()}
-        return losses.combine(terms, masks=net.mask_head is not None)
+        kh = cfg.keypoint_head
+        return losses.combine(terms, masks=net.mask_head is not None,
+                              keypoint_weight=kh.loss_weight if net.keypoint_head is not None else None)
+
+    def _keypoint_terms(self, net: MaskRCNN, feats, samples: dict[str, Array],
+                        gt_keypoints: Array) -> dict[str, Array]:  # fmt: skip
+        """Per image keypoint loss sums [B] over the first keypoint_head.fg_slots
+        sampled RoIs (the positives), and each image's normaliser.
+        gt_keypoints [B,N,K,3] float32: x, y in input pixels, visibility."""
+        cfg, kh = self.cfg, self.cfg.keypoint_head
+        f = min(kh.fg_slots, cfg.roi_heads.batch_per_image)
+        rois = samples["rois"][:, :f]  # positives come first
+        heatmaps = _heads_batched(net.keypoint_head, _pool(cfg.roi_align, feats, rois, kh.pool_size))
+        b, _, s, _, k = heatmaps.shape  # [B,F,S,S,K]
+        logits = jnp.moveaxis(heatmaps, -1, 2).reshape(b, f, k, s * s)
+        targets, valid = jax.vmap(lambda g, m, r: roi_heads.keypoint_targets(g, m, r, s))(
+            gt_keypoints.astype(jnp.float32), samples["matched_gt"][:, :f], rois
+        )  # [B,F,K] each
+        valid = valid & samples["fg"][:, :f, None]
+        terms = jax.vmap(losses.keypoint_terms)(logits, targets, valid)
+        if kh.loss_normalization == "visible":
+            terms["keypoint_norm"] = terms["keypoint_count"]
+        else:  # Detectron2: images x batch_per_image x positive_fraction x K
+            per_image = cfg.roi_heads.batch_per_image * cfg.roi_heads.positive_fraction * k
+            terms["keypoint_norm"] = jnp.full((b,), per_image, jnp.float32)
+        return terms
 
 
 def check_config(cfg: ModelConfig) -> None:

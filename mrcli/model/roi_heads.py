@@ -7,7 +7,10 @@ plus the gt boxes are matched to gt (IoU >= 0.5 foreground, else background),
 `roi_heads.positive_fraction` foreground (positives first), and box targets
 are encoded with `box_head.coder_weights` (10, 10, 5, 5). The mask head trains
 on the first `mask_head.fg_slots` sampled RoIs,
-which are the foreground ones (the sampler puts positives first).
+which are the foreground ones (the sampler puts positives first), and the
+keypoint head on the first `keypoint_head.fg_slots` (torchvision's positive
+proposals; its loss counts only labelled keypoints inside their RoI, which is
+Detectron2's selection of proposals with visible keypoints).
 
 Mask targets (He et al. 2017 §3: "the intersection between an RoI and its
 associated ground-truth mask"): the data gives each gt mask cropped to its
@@ -24,7 +27,7 @@ form) and the best `inference.detections_per_image` remain.
 
 Dimension key: P proposals, N gt boxes, S sampled RoIs, F mask slots,
 R rois, K foreground classes (K + 1 with background), D detections,
-G gt mask crop side, M mask side (28).
+G gt mask crop side, M mask side (28), K keypoints (keypoint_targets).
 """
 
 from __future__ import annotations
@@ -103,6 +106,34 @@ def mask_targets(
     frame = (rois - jnp.tile(gt[:, :2], 2)) * jnp.tile(g_side / wh, 2)  # [F, 4] crop pixels
     soft = crop_and_resize_masks(gt_masks, frame, matched_gt, size, sampling_ratio, aligned=True)
     return (soft >= 0.5).astype(jnp.float32)
+
+
+def keypoint_targets(
+    gt_keypoints: Array,  # [N, K, 3] x, y (input pixels), visibility 0/1/2
+    matched_gt: Array,  # [F] index into N
+    rois: Array,  # [F, 4]
+    size: int,  # S, the heatmap side
+) -> tuple[Array, Array]:
+    """Heatmap targets of each RoI's matched instance: (index [F, K] int32, the
+    position y * S + x of each keypoint on the S x S heatmap over the RoI;
+    valid [F, K] bool: labelled (v > 0) and inside the RoI).
+
+    As torchvision's keypoints_to_heatmap (= Detectron2's, from Caffe2):
+    x = floor((x - x1) * S / w) and likewise y, a keypoint on the RoI's right
+    (bottom) edge taken into the last column (row); continuous coordinates map
+    to discrete cells by Heckbert 1990's d = floor(c)."""
+    kp = gt_keypoints[matched_gt]  # [F, K, 3]
+    x1, y1, x2, y2 = (rois[:, i, None] for i in range(4))  # [F, 1] each
+    scale_x = size / jnp.maximum(x2 - x1, 1e-6)
+    scale_y = size / jnp.maximum(y2 - y1, 1e-6)
+    x, y = kp[..., 0], kp[..., 1]
+    xi = jnp.floor((x - x1) * scale_x).astype(jnp.int32)
+    yi = jnp.floor((y - y1) * scale_y).astype(jnp.int32)
+    xi = jnp.where(x == x2, size - 1, xi)
+    yi = jnp.where(y == y2, size - 1, yi)
+    inside = (xi >= 0) & (yi >= 0) & (xi < size) & (yi < size)
+    valid = inside & (kp[..., 2] > 0)
+    return jnp.where(valid, yi * size + xi, 0).astype(jnp.int32), valid
 
 
 def detections(

@@ -193,7 +193,7 @@ def listing() -> list[dict[str, Any]]:
     return [
         {"name": e.name, "kind": e.kind, "what": e.what, "format": e.format, "url": e.url,
          "size_mb": e.size_mb, "size_exact": e.size_exact, "coco_box_ap": e.coco_box_ap,
-         "coco_mask_ap": e.coco_mask_ap, "imagenet_top1": e.imagenet_top1, "licence": e.licence,
+         "coco_mask_ap": e.coco_mask_ap, "coco_keypoint_ap": e.coco_keypoint_ap, "imagenet_top1": e.imagenet_top1, "licence": e.licence,
          "checksum": e.checksum or None, "cached": is_cached(e),
          "path": str(cache_dir() / e.name / CHECKPOINT)}
         for e in catalogue.entries().values()

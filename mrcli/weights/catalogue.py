@@ -42,6 +42,7 @@ class Entry:
     imagenet_top1: float | None = None
     coco_box_ap: float | None = None
     coco_mask_ap: float | None = None
+    coco_keypoint_ap: float | None = None  # COCO person keypoint AP (OKS), keypoint models
 
     @property
     def algorithm(self) -> str | None:

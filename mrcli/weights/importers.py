@@ -17,7 +17,9 @@ Mapping: PyTorch OIHW conv kernels become HWIO, Linear [out, in] becomes
 folded to (scale, bias) constants, the box head's fc6 is permuted from
 PyTorch's (channel, y, x) flattening to our (y, x, channel), and Detectron2's
 class layout (background last, no background box/mask outputs) becomes ours
-(background 0). The source's COCO category map travels with the checkpoint.
+(background 0). The source's COCO category map travels with the checkpoint
+(for a person keypoint model: person with COCO's 17 keypoints). A Keypoint
+R-CNN's transposed conv [C, K, 4, 4] becomes [4, 4, C, K] (layers.ConvTranspose).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mrcli import checkpoints
+from mrcli import checkpoints, keypoint_sets
 from mrcli.config import DETECTRON2_NUMERICS, Config, ModelConfig, flatten, override, to_dict
 from mrcli.errors import UserError
 from mrcli.model import abstract
@@ -431,6 +433,8 @@ def _torchvision_detector(sd, path) -> tuple[dict, ModelConfig]:
         m.put("mask_head.deconv.kernel", w.transpose(2, 3, 0, 1))
         m.put("mask_head.deconv.bias", m.get("roi_heads.mask_predictor.conv5_mask.bias"))
         m.conv("mask_head.predictor", "roi_heads.mask_predictor.mask_fcn_logits.", bias=True)
+    keypoints = _keypoint_head(m, lambda i: f"roi_heads.keypoint_head.{2 * i}.",
+                               "roi_heads.keypoint_predictor.kps_score_lowres.")  # fmt: skip
     cfg = _model_config({
         "num_classes": num_classes,
         "backbone.depth": depth,
@@ -440,10 +444,39 @@ def _torchvision_detector(sd, path) -> tuple[dict, ModelConfig]:
         "masks": masks,
         **({"mask_head.convs": n_convs,
             "mask_head.dim": sd["roi_heads.mask_head.0.0.weight"].shape[0]} if masks else {}),
+        **keypoints,
         # The input torchvision gave the model (GeneralizedRCNNTransform).
         "input.resize": "torchvision",
     })
     return m, cfg
+
+
+def _keypoint_head(m: _Mapper, conv_prefix, deconv: str) -> dict[str, Any]:
+    """A Keypoint R-CNN head's weights (torchvision's KeypointRCNNHeads +
+    KeypointRCNNPredictor, Detectron2's KRCNNConvDeconvUpsampleHead: the same
+    layers under other names), and the model config fields they fix; {} where
+    the file has none. `conv_prefix(i)` names conv i (0-based)."""
+    if not m.has(deconv + "weight"):
+        return {}
+    n = 0
+    while m.has(conv_prefix(n) + "weight"):
+        m.conv(f"keypoint_head.convs.{n}", conv_prefix(n), bias=True)
+        n += 1
+    w = m.get(deconv + "weight")  # ConvTranspose2d [C, K, 4, 4]
+    m.put("keypoint_head.deconv.kernel", w.transpose(2, 3, 0, 1))
+    m.put("keypoint_head.deconv.bias", m.get(deconv + "bias"))
+    return {"keypoints": True, "keypoint_head.convs": n, "keypoint_head.num_keypoints": w.shape[1],
+            "keypoint_head.dim": w.shape[0], "keypoint_head.pool_size": 14}  # fmt: skip
+
+
+def person_keypoint_categories() -> list[dict[str, Any]]:
+    """The category map of a COCO person keypoint model (torchvision's and
+    Detectron2's: one class, person, COCO id 1, with COCO's 17 keypoints)."""
+    cat = {"id": 1, "contiguous_id": 1, "name": "person", "supercategory": "person",
+           "keypoints": list(keypoint_sets.COCO_PERSON_KEYPOINTS),
+           "skeleton": [list(p) for p in keypoint_sets.COCO_PERSON_SKELETON]}  # fmt: skip
+    completed, rule = keypoint_sets.complete(cat, None, None)
+    return [{**completed, "keypoint_sigmas_from": rule}]
 
 
 def _torchvision_backbone(sd, path) -> tuple[_Mapper, ModelConfig]:
@@ -541,6 +574,8 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
             pw, pb = np.tile(pw, (k, 1, 1, 1)), np.tile(pb, k)
         m.put("mask_head.predictor.kernel", _conv(np.concatenate([np.zeros_like(pw[:1]), pw])))
         m.put("mask_head.predictor.bias", np.concatenate([np.zeros_like(pb[:1]), pb]))
+    keypoints = _keypoint_head(m, lambda i: f"roi_heads.keypoint_head.conv_fcn{i + 1}.",
+                               "roi_heads.keypoint_head.score_lowres.")  # fmt: skip
     # Older checkpoints also hold the model's buffers: the pixel profile (used
     # below) and the cell anchors (recomputed from the config).
     m.used.update(k for k in sd if k.startswith("proposal_generator.anchor_generator."))
@@ -559,6 +594,7 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
         "masks": masks,
         **({"mask_head.convs": n_convs,
             "mask_head.dim": sd["roi_heads.mask_head.mask_fcn1.weight"].shape[0]} if masks else {}),
+        **keypoints,
         **profile,
     })
     return m, cfg
@@ -577,6 +613,17 @@ def _model_config(fields: dict[str, Any]) -> ModelConfig:
 
 
 # --- import -----------------------------------------------------------------------------
+
+
+def _detector_categories(cfg: ModelConfig, contiguous: Literal["coco_id", "rank"]) -> list[dict[str, Any]] | None:
+    """The category map of an imported COCO detector: COCO's 80 categories, or
+    person with COCO's keypoints for a one-class model with a 17-keypoint head;
+    None for other datasets' models (their classes have no names here)."""
+    if cfg.num_classes == (90 if contiguous == "coco_id" else 80):
+        return coco_categories(contiguous)
+    if cfg.num_classes == 1 and cfg.keypoints and cfg.keypoint_head.num_keypoints == 17:
+        return person_keypoint_categories()
+    return None
 
 
 def detect_source(sd: dict[str, np.ndarray]) -> Source | None:
@@ -601,7 +648,7 @@ def convert(source: Source, path: str | Path, *, use_torch: bool | None = None):
     if source == "torchvision":
         if any(k.startswith("roi_heads.") for k in sd):
             m, cfg = _torchvision_detector(sd, path)
-            categories = coco_categories("coco_id") if cfg.num_classes == 90 else None
+            categories = _detector_categories(cfg, "coco_id")
             partial = False
         elif "layer1.0.conv1.weight" in sd:
             m, cfg = _torchvision_backbone(sd, path)
@@ -614,7 +661,7 @@ def convert(source: Source, path: str | Path, *, use_torch: bool | None = None):
     elif source == "detectron2":
         if any(k.startswith("backbone.bottom_up.") for k in sd):
             m, cfg = _detectron2_detector(sd, path)
-            categories = coco_categories("rank") if cfg.num_classes == 80 else None
+            categories = _detector_categories(cfg, "rank")
             partial = False
         elif "conv1_w" in sd and "res2_0_branch2a_w" in sd:
             m, cfg = _msra_backbone(sd, path)
@@ -628,7 +675,7 @@ def convert(source: Source, path: str | Path, *, use_torch: bool | None = None):
     if leftover:
         raise UserError(
             f"{path}: {len(leftover)} weights have no place in the model, e.g. {leftover[0]!r}; "
-            "only Mask/Faster R-CNN with a ResNet-FPN backbone (and plain ResNets) are supported"
+            "only Mask/Faster/Keypoint R-CNN with a ResNet-FPN backbone (and plain ResNets) are supported"
         )
     return checkpoints.unflatten(m.out), cfg, categories, partial
 
@@ -663,6 +710,7 @@ def import_weights(
         "depth": cfg.model.backbone.depth,
         "num_classes": cfg.model.num_classes,
         "masks": cfg.model.masks,
+        "keypoints": cfg.model.keypoints,
         "partial": partial,
         "arrays": n,
         "categories": len(categories) if categories else 0,

@@ -54,6 +54,14 @@ def _pop(getter, key):
     return mutate
 
 
+def _keypoints(i, values, names=("left_p", "right_p")):
+    """Category 1 names keypoints; annotation i gives `values` as its keypoints."""
+    def mutate(d, src):
+        d["categories"][0].update(keypoints=list(names), skeleton=[[1, 2]])
+        d["annotations"][i]["keypoints"] = values
+    return mutate
+
+
 # (kind, mutation, file named in the message, annotation id or None, image id or None)
 FATAL_CASES = [
     ("malformed_category", lambda d, s: d["categories"].append({"id": "x", "name": "c"}), "ann.json", None, None),
@@ -75,6 +83,11 @@ FATAL_CASES = [
     ("polygon_too_few_points", _set(_ann(0), "segmentation", [[1.0, 1.0, 9.0, 9.0]]), "ann.json", 1, 1),
     ("rle_size_mismatch", _set(_ann(0), "segmentation", {"size": [16, 32], "counts": [512]}), "ann.json", 1, 1),
     ("rle_invalid", _set(_ann(0), "segmentation", {"size": [32, 32], "counts": [5, 5]}), "ann.json", 1, 1),
+    ("keypoint_set_invalid", _keypoints(0, [4, 4, 2, 9, 9, 2], names=("p", "p")), "ann.json", None, None),
+    ("keypoints_invalid", _keypoints(0, [4, 4, 2, 9, 9]), "ann.json", 1, 1),
+    ("keypoint_visibility_invalid", _keypoints(0, [4, 4, 2, 9, 9, 3]), "ann.json", 1, 1),
+    ("keypoint_outside_image", _keypoints(0, [4, 4, 2, 40, 9, 1]), "ann.json", 1, 1),
+    ("keypoints_without_names", _keypoints(1, [4, 4, 2, 9, 9, 2]), "ann.json", 2, 2),
 ]
 
 
