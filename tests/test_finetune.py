@@ -27,7 +27,7 @@ class Lines(Report, list):
 
 def _dataset(num_classes: int, images: int):
     return SimpleNamespace(name="mine", num_classes=num_classes, num_examples=lambda split: images,
-                           check_split=lambda split: split)  # fmt: skip
+                           check_split=lambda split: split, keypoint_set=None)  # fmt: skip
 
 
 def test_the_dataset_decides_the_classes_unless_set():
