@@ -406,12 +406,6 @@ def _check_run(cfg: Config, ds: Dataset, report: Report) -> None:
         )
     if cfg.model.keypoints:
         ds.check_num_keypoints(cfg.model.keypoint_head.num_keypoints)
-    n_dev = jax.device_count()
-    if cfg.train.global_batch % n_dev:
-        raise UserError(
-            f"train.global_batch={cfg.train.global_batch} does not split over {n_dev} devices; "
-            f"use a multiple of {n_dev} (--set train.global_batch=...)"
-        )
 
 
 class _EarlyStop:

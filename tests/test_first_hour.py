@@ -169,6 +169,19 @@ def test_messages_keep_their_square_brackets(tmp_path, capsys):
     assert "ann[v2].json" in err
 
 
+def test_paths_with_square_brackets_are_printed_as_given(tmp_path, capsys):
+    """What prepare and show say they wrote names the folders as the user typed them."""
+    data_dir, out = tmp_path / "data[v2]", tmp_path / "look[1]"
+    code, _, err = run_cli(capsys, "prepare", "shapes", "--num-train", "2", "--num-val", "1",
+                           "--size", "48", "--data-dir", str(data_dir))  # fmt: skip
+    assert code == 0, err
+    assert str(data_dir) in err.replace("\n", "")
+    code, _, err = run_cli(capsys, "show", "shapes", "--num", "1", "--out", str(out),
+                           "--data-dir", str(data_dir))  # fmt: skip
+    assert code == 0, err
+    assert str(out) in err.replace("\n", "")
+
+
 # --- 7: eval's table, --set on eval / predict / export ---------------------------------------
 
 

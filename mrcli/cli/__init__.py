@@ -5,21 +5,22 @@
     options.py   options several commands share (--workdir, --checkpoint, ...)
     display.py   consoles (stdout for output, stderr for progress), JSON,
                  tables, the progress renderer (mrcli.progress.Report)
-    info.py      info, recipes           data.py      prepare, show
-    train.py     train, quickstart       evaluate.py  eval
-    predict.py   predict                 export.py    export
-    weights.py   weights import          compare.py   compare
+    info.py      info, recipes           prepare.py   prepare
+    data.py      show, datasets          train.py     train, quickstart
+    evaluate.py  eval                    predict.py   predict
+    export.py    export                  weights.py   weights import
+    compare.py   compare
 
 Library modules are imported inside the commands, so that `mrcli --help`
 starts without importing JAX.
 """
 
-from mrcli.cli import compare, data, evaluate, export, info, predict, train, weights
+from mrcli.cli import compare, data, evaluate, export, info, predict, prepare, train, weights
 from mrcli.cli.core import app
 
 app.command()(info.info)
 app.add_typer(info.recipes_app, name="recipes")
-app.add_typer(data.prepare_app, name="prepare")
+app.add_typer(prepare.prepare_app, name="prepare")
 app.command()(data.show)
 app.command()(data.datasets)
 app.command()(train.train)

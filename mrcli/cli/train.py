@@ -57,7 +57,7 @@ def train(
                                init_from=init_from, distributed=distributed, data_dir=data_dir,
                                report=report)  # fmt: skip
     err.print(f"{result.reason}: step {result.step}, last checkpoint "
-              f"{result.last_checkpoint}, workdir {workdir}", highlight=False)  # fmt: skip
+              f"{result.last_checkpoint}, workdir {workdir}", highlight=False, markup=False)  # fmt: skip
     if as_json:
         print_json({"step": result.step, "reason": result.reason,
                     "last_checkpoint": result.last_checkpoint,

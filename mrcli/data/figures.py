@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mrcli.data import shapes
-from mrcli.data.shapes import _background
+from mrcli.data.shapes import background
 from mrcli.data.store import Example
 
 KEYPOINTS = ("head", "neck", "left_hand", "right_hand", "hip", "left_foot", "right_foot")
@@ -88,7 +88,7 @@ def render(seed: int, split: str, index: int, size: int,
     rng = np.random.default_rng([seed, _SPLIT_CODES.get(split, 3), index, 0xF16])
     short_side = int(rng.integers(int(0.75 * size), size + 1))
     h, w = (short_side, size) if rng.random() < 0.5 else (size, short_side)
-    img = _background(rng, h, w)
+    img = background(rng, h, w)
     n = int(rng.integers(1, max_figures + 1))
     full: list[np.ndarray] = []
     visible: list[np.ndarray] = []

@@ -59,7 +59,9 @@ def _shape_mask(kind: str, h: int, w: int, cx: float, cy: float, r: float, angle
     return np.asarray(canvas, dtype=bool)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random textured [h, w, 3] background (two-colour gradient, optional stripes, noise):
+    the shapes and the figures datasets draw on it."""
     c1 = rng.uniform(0, 255, 3)
     c2 = rng.uniform(0, 255, 3)
     gh, gw = rng.integers(2, 9, size=2)
@@ -83,7 +85,7 @@ def render(seed: int, split: str, index: int, size: int,
     long_side = size
     short_side = int(rng.integers(int(0.75 * size), size + 1))
     h, w = (short_side, long_side) if rng.random() < 0.5 else (long_side, short_side)
-    img = _background(rng, h, w)
+    img = background(rng, h, w)
     n = 0 if rng.random() < 0.03 else int(rng.integers(1, max_shapes + 1))
     full: list[np.ndarray] = []
     visible: list[np.ndarray] = []

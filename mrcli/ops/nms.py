@@ -92,7 +92,6 @@ by score, in the same (score, index) order.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
