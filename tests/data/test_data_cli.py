@@ -101,7 +101,7 @@ def test_show_errors_are_one_line(tmp_path, capsys):
 
 def test_readme_datasets_section_lists_every_prepare_command():
     """The "Datasets" section (right after "Data") names each format's command."""
-    from mrcli.cli.data import prepare_app
+    from mrcli.cli.prepare import prepare_app
 
     text = README.read_text()
     assert text.index("\n## Data\n") < text.index("\n## Datasets\n")
