@@ -106,7 +106,7 @@ def native(work, exported):
     """The native model (pipeline.image_input -> Model.detect -> inference.to_original) on
     the images, in its own process: {image name: arrays}."""
     root, env = work
-    _python(f"""
+    _python("""
         import numpy as np
         from pathlib import Path
         from PIL import Image
@@ -115,7 +115,7 @@ def native(work, exported):
         trained = load_trained(None, "ckpt")
         paths = sorted(Path("images").iterdir())
         dets = native_detections(trained, (64, 96), [np.asarray(Image.open(p)) for p in paths])
-        out = {{}}
+        out = {}
         for p, d in zip(paths, dets):
             for k in ("boxes", "scores", "classes", "masks"):
                 out[p.name + "/" + k] = getattr(d, k)

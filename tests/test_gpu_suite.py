@@ -54,19 +54,23 @@ def test_tiny_mode_runs_every_kind_of_case(tiny_run):
     out, results, md = tiny_run
     run = _module("run")
     meta, rows = results["meta"], results["rows"]
-    tiny_cases = [n for n, (_, in_tiny) in run.CASES.items() if in_tiny]
     assert meta["tiny"] and meta["env"]["platform"] == "cpu"
-    assert {n: meta["cases"][n]["status"] for n in ["env", *tiny_cases]} == dict.fromkeys(["env", *tiny_cases], "ok")
+    # every case ran, none skipped
+    assert {n: meta["cases"][n]["status"] for n in ["env", *run.CASES]} == dict.fromkeys(["env", *run.CASES], "ok")
+    assert not [r for r in rows if "skipped" in r]
     by_case = {}
     for r in rows:
         by_case.setdefault(r["case"], []).append(r)
-    # the others are listed as skipped, not lost
-    for name in set(run.CASES) - set(tiny_cases):
-        assert by_case[name] == [{"case": name, "what": name, "skipped": "--tiny runs one case of each kind"}]
-    # mrcli rows have numbers: train step, inference, the other NMS form, the pipeline
+    # mrcli rows have numbers: train steps (both depths' cases, both batches), inference,
+    # the other NMS form in the step and in detect, the pipeline
     mrcli = [r for r in rows if r.get("impl", "").startswith("mrcli") and r["what"] != "nms"]
-    assert {r["what"] for r in mrcli} >= {"train step", "inference", "train loop: pipeline (1 workers) + step"}
+    assert {r["what"] for r in mrcli} >= {"train step", "inference", "train step, blocked NMS",
+                                          "train loop: pipeline (1 workers) + step"}
     assert {r["nms"] for r in mrcli} == {"auto", "blocked"}
+    for name in ("r50_b8", "r50_b16", "r101_b8", "r101_b16", "detect_r50", "detect_r101", "nms_in_model"):
+        assert [r for r in by_case[name] if r.get("impl", "").startswith("mrcli")], name
+    assert {r["model"] for r in by_case["r101_b8"] + by_case["detect_r101"] if "model" in r} == {
+        "R101-FPN (tiny stand-in)"}
     for r in mrcli:
         assert "error" not in r and r["step_s"] > 0 and r["images_per_s"] > 0, r
     # torchvision: inference measured; its train step needs compiled kernels this CPU torch lacks

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import MICRO, _cli, _train_args, _wait
+from test_train import _cli, _train_args, _wait
 
 from mrcli.data.prepare import prepare_shapes
 

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -344,7 +343,7 @@ def test_paper_recipes_start(tmp_path, data_dir, cache_dir, msra_host, recipe):
     assert rc == 0, err
     depth = 101 if recipe == "r101_fpn" else 50
     n = " ".join(err.split())
-    assert f"--init-from: " in n and f"d2-msra-r{depth}-imagenet/checkpoint" in n
+    assert "--init-from: " in n and f"d2-msra-r{depth}-imagenet/checkpoint" in n
     result = json.loads(out)
     assert result["step"] == 1 and result["reason"] == "done", result
     metrics = result["metrics"]

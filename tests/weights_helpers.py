@@ -76,7 +76,7 @@ def torchvision_state(flat: dict, depth: int, detector: bool = True) -> dict[str
                 _bn(out, f"{dst}downsample.1.", g(*src, "shortcut_norm", "scale"),
                     g(*src, "shortcut_norm", "bias"))  # fmt: skip
     if not detector:
-        channels = out[f"layer4.0.conv3.weight"].shape[0]
+        channels = out["layer4.0.conv3.weight"].shape[0]
         out["fc.weight"] = np.zeros((1000, channels), np.float32)
         out["fc.bias"] = np.zeros((1000,), np.float32)
         return out
@@ -179,7 +179,7 @@ def msra_blobs(flat: dict, depth: int) -> dict[str, np.ndarray]:
             if (*src, "shortcut", "kernel") in flat:
                 put(c2 + "branch1", *src, "shortcut", norm=(*src, "shortcut_norm"))
                 blobs[c2 + "branch1_w_momentum"] = np.zeros(1, np.float32)  # Caffe2 files have these
-    last = blobs[f"res5_0_branch2c_w"].shape[0]
+    last = blobs["res5_0_branch2c_w"].shape[0]
     blobs["fc1000_w"] = np.zeros((1000, last), np.float32)
     blobs["fc1000_b"] = np.zeros((1000,), np.float32)
     return blobs
