@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import time
 from dataclasses import dataclass
 
 import jax
@@ -84,16 +86,63 @@ def use_cpu_cores(global_batch: int) -> int:
     return n
 
 
-def maybe_initialize_distributed(force: bool = False) -> None:
+def maybe_initialize_distributed(force: bool = False, timeout_s: int | None = None) -> None:
     """Join a multi-host run: on SLURM, TPU pods and Kubernetes (or when
-    `force`), `jax.distributed.initialize()` finds the coordinator itself."""
+    `force`), `jax.distributed.initialize()` finds the coordinator itself.
+
+    Elsewhere (and under `mrcli launch`) the JAX_* variables say it:
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID, and JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo for CPU
+    collectives across processes (JAX reads that one itself). A coordinator
+    that does not answer within `timeout_s` (default MRCLI_COORDINATOR_TIMEOUT
+    or 300 s) is a UserError naming its address."""
+    env = os.environ
     auto = (
-        int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or "TPU_WORKER_HOSTNAMES" in os.environ
-        or "JAX_COORDINATOR_ADDRESS" in os.environ
+        int(env.get("SLURM_NTASKS", "1")) > 1
+        or "TPU_WORKER_HOSTNAMES" in env
+        or "JAX_COORDINATOR_ADDRESS" in env
     )
-    if force or auto:
-        jax.distributed.initialize()
+    if not (force or auto):
+        return
+    if jax.distributed.is_initialized():
+        return
+    kwargs: dict = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if env.get(name, "") != "":
+            try:
+                kwargs[key] = int(env[name])
+            except ValueError:
+                raise UserError(f"{name}={env[name]!r} is not a whole number: set it to "
+                                "an integer (or unset it where the cluster is detected)") from None
+    if env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation",
+                          env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"])
+    timeout = int(timeout_s if timeout_s is not None else env.get("MRCLI_COORDINATOR_TIMEOUT", 300))
+    address = env.get("JAX_COORDINATOR_ADDRESS")
+    if address and kwargs.get("process_id", 0) != 0:
+        # jax.distributed aborts the process (a fatal C++ log, SIGABRT) when the
+        # coordinator never answers, instead of raising: wait for its port here.
+        wait_for_coordinator(address, timeout)
+    jax.distributed.initialize(initialization_timeout=timeout, **kwargs)
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Until `address` (host:port) accepts a TCP connection; a UserError naming
+    it after `timeout_s` seconds."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"the coordinator at {address} did not answer in {timeout_s:g} s: start "
+                    "process 0 (JAX_PROCESS_ID=0) there, check the address and that its port is "
+                    "reachable from here, or raise MRCLI_COORDINATOR_TIMEOUT") from None
+            time.sleep(0.25)
 
 
 # --- memory --------------------------------------------------------------------------------

@@ -9,13 +9,14 @@
     data.py      show, datasets          train.py     train, quickstart
     evaluate.py  eval                    predict.py   predict
     export.py    export                  weights.py   weights import
-    compare.py   compare
+    compare.py   compare                 launch.py    launch
 
 Library modules are imported inside the commands, so that `mrcli --help`
 starts without importing JAX.
 """
 
-from mrcli.cli import compare, data, evaluate, export, info, predict, prepare, train, weights
+from mrcli.cli import (compare, data, evaluate, export, info, launch, predict, prepare, train,
+                       weights)
 from mrcli.cli.core import app
 
 app.command()(info.info)
@@ -30,5 +31,6 @@ app.command()(train.quickstart)
 app.add_typer(weights.weights_app, name="weights")
 app.command("export")(export.export)
 app.command("compare")(compare.compare)
+app.command("launch")(launch.launch)
 
 __all__ = ["app"]
