@@ -34,9 +34,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
 
-from mrcli import coco, runs
+from mrcli import coco, parallel, runs
 from mrcli import plots as plotlib
 from mrcli.coco import DatasetEval, DatasetMetric
 from mrcli.data import cityscapes
@@ -47,7 +48,7 @@ from mrcli.data.store import Dataset, find_dataset
 from mrcli.files import write_json_atomic
 from mrcli.errors import UserError
 from mrcli.inference import Predictor, evaluate_split
-from mrcli.progress import Report, silent
+from mrcli.progress import Report, for_process, silent
 from mrcli.runs import load_trained, with_sets
 
 PLOTS_DIR = "plots"
@@ -68,12 +69,19 @@ def run_eval(
     weights: str | None = None,
     plots: bool = True,
     report: Report | None = None,
+    distributed: bool = False,
 ) -> DatasetEval:
     """A trained model (a run's checkpoint, a checkpoint directory, or `weights`
     by name or file) on a prepared dataset's split, results written under
     `out` (with `plots`, the pictures too: OUT/plots). `sets` change its
     inference fields (mrcli.runs.with_sets: image sizes, eval.batch_size,
-    thresholds, detections per image)."""
+    thresholds, detections per image).
+
+    On several processes (`distributed`, or a detected cluster) they divide
+    the split (inference.evaluate_split) and all return the same numbers;
+    process 0 writes eval.json, the dataset's own metric and the plots."""
+    parallel.maybe_initialize_distributed(distributed)
+    report = for_process(report, jax.process_index())
     trained = with_sets(load_trained(workdir, checkpoint, weights, report=report), sets)
     cfg = trained.config
     ds = find_dataset(data or cfg.data.dataset, data_dir)
@@ -86,6 +94,8 @@ def run_eval(
     result = evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
                             categories=trained.categories, report=report)  # fmt: skip
     result = dataclasses.replace(result, split=f"{ds.name}/{split}", model=trained.origin)
+    if jax.process_index() != 0:
+        return result
     result = with_dataset_metric(result, ds, split, out)
     write_json_atomic(Path(out) / runs.EVAL_RECORD, {
         "checkpoint": trained.origin, "step": trained.step, "dataset": ds.name, "split": split,

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jax
 import numpy as np
@@ -41,7 +42,6 @@ from mrcli import config as config_lib
 from mrcli import parallel
 from mrcli.config import Config
 from mrcli.data import pipeline
-from mrcli.errors import UserError
 from mrcli.model import Model
 from mrcli.ops.keypoints import heatmaps_to_keypoints
 from mrcli.ops.masks import paste_masks
@@ -152,18 +152,18 @@ class Predictor:
         eval.batch_size, rounded up to the devices); `buckets` replaces
         data.buckets (export --verify runs the export's one bucket); `report`
         hears of each bucket compiled, with its memory."""
-        if jax.process_count() > 1:
-            # Each process would see only its shard; merging per-process
-            # results is not written yet.
-            raise UserError("inference runs on one host: run it without jax.distributed")
         if buckets is not None:
             cfg = config_lib.override(cfg, {"data.buckets": [list(b) for b in buckets]})
         self.cfg = cfg
         self.model = model
-        self.mesh = mesh if mesh is not None else parallel.make_mesh()
+        # Each process predicts its own images on its own devices: a mesh over
+        # other processes' devices would need their batches in lock-step.
+        self.mesh = mesh if mesh is not None else parallel.local_mesh()
+        if any(d.process_index != jax.process_index() for d in self.mesh.devices.flat):
+            raise ValueError("a Predictor's mesh holds this process's devices only (parallel.local_mesh)")
         self.batch_size = parallel.round_batch(batch_size or cfg.eval.batch_size, self.mesh)
         self.spec = pipeline.Spec.from_config(cfg)
-        self.state = jax.device_put(state, parallel.replicated(self.mesh))
+        self.state = jax.device_put(parallel.to_local(state), parallel.replicated(self.mesh))
         self.compile_seconds: dict[tuple[int, int], float] = {}
         self.memory: dict[tuple[int, int], parallel.MemoryNeed] = {}
         self.report = silent(report)
@@ -214,7 +214,9 @@ class Predictor:
         bucket = (int(images.shape[1]), int(images.shape[2]))
         if bucket not in self.compile_seconds:
             self.compile(bucket)
-        return self._detect(self.state, images, info)
+        # Placed first: with jax.distributed, jit takes no host arrays to shard.
+        dat = parallel.data_sharded(self.mesh)
+        return self._detect(self.state, jax.device_put(images, dat), jax.device_put(info, dat))
 
     def collect(self, batch: _Batch) -> list[ImageDetections]:
         """The detections of a dispatched batch's real rows, in original pixels."""
@@ -250,12 +252,13 @@ class Predictor:
         for _, dets in self._pipelined(dispatched()):
             yield dets
 
-    def over_images(self, items: Iterable[tuple[T, np.ndarray]]) -> Iterator[tuple[T, ImageDetections]]:
+    def over_images(self, items: Iterable[tuple[T, np.ndarray]],
+                    image_id: Callable[[T], int] | None = None) -> Iterator[tuple[T, ImageDetections]]:  # fmt: skip
         """(item, [h, w, 3] uint8 RGB) pairs -> (item, detections), in the order
         batches complete: images are grouped by bucket into batches of
         batch_size, and each bucket's last batch is padded. Memory holds at most
-        a batch per bucket, whatever the number of images. Image ids are 1, 2,
-        ... in input order."""
+        a batch per bucket, whatever the number of images. Image ids are
+        `image_id(item)`, default 1, 2, ... in input order."""
 
         def launch(bucket: int, group: list[tuple[int, T, np.ndarray]]) -> _Batch:
             H, W = self.spec.buckets[bucket]
@@ -269,9 +272,9 @@ class Predictor:
 
         def dispatched() -> Iterator[_Batch]:
             pending: dict[int, list[tuple[int, T, np.ndarray]]] = {}
-            for image_id, (item, rgb) in enumerate(items, 1):
+            for k, (item, rgb) in enumerate(items, 1):
                 b = self.bucket_of(*rgb.shape[:2])
-                pending.setdefault(b, []).append((image_id, item, rgb))
+                pending.setdefault(b, []).append((k if image_id is None else image_id(item), item, rgb))
                 if len(pending[b]) == self.batch_size:
                     yield launch(b, pending.pop(b))
             for b in sorted(pending):  # each bucket's last, padded batch
@@ -297,29 +300,71 @@ def evaluate_split(
     segm.json, keypoints.json), else to a temporary folder.
 
     `categories` is the model's category map (a checkpoint's; default the
-    dataset's); it must cover the dataset's (coco.check_categories)."""
+    dataset's); it must cover the dataset's (coco.check_categories).
+
+    With several processes (jax.distributed) each runs its own part of the
+    split (pipeline.eval_batches `part`) on its own devices and writes its
+    results to OUT/detections.part-P-of-N.json; after a barrier, process 0
+    merges the parts into OUT/detections.json (every image once: the parts
+    are disjoint and padding rows never come out), and after another every
+    process scores the merged file, so all return the same numbers. OUT must
+    then be a folder every process sees (the shared workdir); only process 0
+    writes the score files."""
     report = silent(report)
     categories = categories if categories is not None else dataset.categories
     coco.check_categories(categories, dataset.categories, dataset.name)
     dataset_ids = coco.dataset_id_table(categories)
-    batches = pipeline.eval_batches(predictor.cfg, dataset, split=split,
+    p, num_parts = jax.process_index(), jax.process_count()
+    if num_parts > 1 and out_dir is None:
+        raise ValueError("evaluate_split on several processes needs an out_dir that all of them see")
+    batches = pipeline.eval_batches(predictor.cfg, dataset, split=split, part=(p, num_parts),
                                     global_batch=predictor.batch_size, max_images=max_images)  # fmt: skip
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mrcli-eval-"))
+    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "detections.json"
-    image_ids: list[int] = []
-    report.task("eval", total=batches.plan.n)
-    with batches, coco.ResultsWriter(results_path) as writer:
+    mine = part_path(results_path, p, num_parts)
+    done = 0
+    report.task("eval", total=len(batches.plan.images))
+    with batches, coco.ResultsWriter(mine) as writer:
         for d in predictor.over_batches(batches):
-            image_ids.append(d.image_id)
             writer.write(coco.to_coco_results(d.image_id, d.boxes, d.scores, d.classes,
                                               np.ones(len(d.scores), bool), dataset_ids, d.masks,
                                               d.keypoints))  # fmt: skip
-            report.advance(len(image_ids))
+            done += 1
+            report.advance(done)
     report.end()
+    if num_parts > 1:
+        parts = [part_path(results_path, k, num_parts) for k in range(num_parts)]
+        merge_results(parts, results_path, barrier=f"eval {split}")
+    index = dataset.index(split)
+    n = len(batches.plan.bucket_of)  # the split's first max_images, all parts together
+    image_ids = [int(i) for i in index["image_id"][:n]]
     names = {int(c["id"]): c["name"] for c in dataset.categories}
     return coco.score(dataset.coco_ground_truth(split), results_path, image_ids,
-                      masks=predictor.cfg.model.masks, category_names=names, out_dir=out_dir,
+                      masks=predictor.cfg.model.masks, category_names=names,
+                      out_dir=out_dir if p == 0 else None,
                       keypoints=keypoint_eval(predictor.cfg, dataset))  # fmt: skip
+
+
+def part_path(path: Path, p: int, num_parts: int) -> Path:
+    """Where process `p` of `num_parts` writes its part of a results file
+    (detections.part-P-of-N.json; the file itself with one process)."""
+    return path if num_parts == 1 else path.with_name(f"{path.stem}.part-{p}-of-{num_parts}{path.suffix}")
+
+
+def merge_results(parts: list[Path], merged: Path, barrier: str) -> None:
+    """The COCO results (JSON lists) of every process's part -> `merged`, in
+    part order, written by process 0 (the parts removed); returns on every
+    process once `merged` is complete. `barrier` names the waits."""
+    parallel.barrier(f"{barrier}: parts written")
+    if jax.process_index() == 0:
+        with coco.ResultsWriter(merged) as writer:
+            for part in parts:
+                with open(part) as f:
+                    writer.write(json.load(f))
+        for part in parts:
+            part.unlink()
+    parallel.barrier(f"{barrier}: merged")
 
 
 def keypoint_eval(cfg: Config, dataset: Any) -> coco.KeypointEval | None:

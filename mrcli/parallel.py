@@ -19,14 +19,17 @@ out-of-memory kill minutes later.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mrcli.errors import UserError
@@ -46,6 +49,26 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
+def local_mesh() -> Mesh:
+    """A 1-D mesh over this process's devices only: inference runs one per
+    process on its own share of the images, with no collective between
+    processes (evaluate_split, predict)."""
+    return make_mesh(jax.local_devices())
+
+
+def to_local(tree: Any) -> Any:
+    """`tree` with each replicated array that spans other processes' devices
+    as a host copy of this process's replica (numpy), ready to be placed on
+    a local mesh; other leaves unchanged."""
+
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return x
+
+    return jax.tree.map(local, tree)
+
+
 def round_batch(batch_size: int, mesh: Mesh) -> int:
     """The smallest multiple of the mesh's device count that holds `batch_size`
     (inference pads the rest; padding is never counted or written)."""
@@ -63,6 +86,50 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
         for k, v in batch.items()
     }
+
+
+# --- agreeing across processes (multi-controller runs) ----------------------------------
+
+
+def gather_ints(values: Sequence[int]) -> np.ndarray:
+    """[P, n] int32: every process's `values` (n the same on each), row p
+    process p's. One process: just its own row, no collective."""
+    row = np.asarray(list(values), np.int32)
+    if jax.process_count() == 1:
+        return row[None]
+    return np.asarray(multihost_utils.process_allgather(row)).reshape(jax.process_count(), -1)
+
+
+def fingerprint(text: str) -> list[int]:
+    """Two int32 of `text`'s SHA-256, to compare across processes (gather_ints)."""
+    return np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32).tolist()
+
+
+def check_same(what: dict[str, str]) -> None:
+    """A UserError on every process unless each of `what`'s texts (a config, a
+    dataset fingerprint, by name) is the same on all processes, naming the
+    processes that differ from process 0; before the first step, so a run of
+    hosts that disagree never starts."""
+    names = list(what)
+    rows = gather_ints([v for n in names for v in fingerprint(what[n])])
+    differ = []
+    for k, name in enumerate(names):
+        cols = rows[:, 2 * k:2 * k + 2]
+        others = [p for p in range(len(rows)) if not np.array_equal(cols[p], cols[0])]
+        if others:
+            differ.append(f"{name} of process{'es' if len(others) > 1 else ''} "
+                          f"{', '.join(map(str, others))}")  # fmt: skip
+    if differ:
+        raise UserError(
+            f"the processes of this run disagree: the {'; the '.join(differ)} differ from process "
+            "0's. Start every process with the same command, recipe, --set values and data (the "
+            "same MRCLI_DATA / --data-dir contents on every host)")
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches `name` (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def use_cpu_cores(global_batch: int) -> int:
@@ -92,7 +159,7 @@ def maybe_initialize_distributed(force: bool = False, timeout_s: int | None = No
 
     Elsewhere (and under `mrcli launch`) the JAX_* variables say it:
     JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES,
-    JAX_PROCESS_ID, and JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo for CPU
+    JAX_PROCESS_ID (default: a Kubernetes Indexed Job's JOB_COMPLETION_INDEX), and JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo for CPU
     collectives across processes (JAX reads that one itself). A coordinator
     that does not answer within `timeout_s` (default MRCLI_COORDINATOR_TIMEOUT
     or 300 s) is a UserError naming its address."""
@@ -107,7 +174,9 @@ def maybe_initialize_distributed(force: bool = False, timeout_s: int | None = No
     if jax.distributed.is_initialized():
         return
     kwargs: dict = {}
-    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    # A Kubernetes Indexed Job numbers its pods in JOB_COMPLETION_INDEX.
+    ids = ("JAX_PROCESS_ID",) if env.get("JAX_PROCESS_ID", "") != "" else ("JOB_COMPLETION_INDEX",)
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), (ids[0], "process_id")):
         if env.get(name, "") != "":
             try:
                 kwargs[key] = int(env[name])

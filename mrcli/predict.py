@@ -31,13 +31,19 @@ extension (with it, e.g. `a.jpg`, where two inputs of one folder share a stem):
                             [x1, y1, score1, ...], dataset category ids, bbox
                             xywh), written as it goes
     OUT/images.json         [{"id", "file_name": REL, "height", "width"}]: the
-                            image ids of detections.json (ids 1, 2, ... in
-                            input order, unreadable files not counted)
+                            image ids of detections.json (an image's id is
+                            its position among the input files, 1, 2, ...;
+                            an unreadable file's id is left unused)
 
 `formats`: "png" the label maps, "json" the side files and the two run files,
 "overlay" the overlays. Nothing is overwritten unless `overwrite`: an
 existing output is a UserError naming it, raised before any work. Every file
 is written atomically (temp + rename); the run files appear when complete.
+
+With several processes (`distributed`, or a cluster that is detected: see
+mrcli.parallel.maybe_initialize_distributed) process p of P predicts inputs
+p, p + P, ... on its own devices into the same OUT (a folder every host
+sees); each writes its part of the two run files, and process 0 merges them.
 
 Instances are the detections scoring above `score`. Their masks (pasted into
 the original image and thresholded at 0.5, as `mrcli eval` does) are made
@@ -67,9 +73,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
+import jax
 import numpy as np
 
-from mrcli import coco, inference
+from mrcli import coco, inference, parallel
 from mrcli.data.inputs import (  # noqa: F401 - MARKER and read_image are part of predict's API
     MARKER, MASKS_DIR, OVERLAYS_DIR, InputImage, UnreadableImage, find_images, read_image,
 )  # fmt: skip
@@ -78,7 +85,7 @@ from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
 from mrcli.inference import ImageDetections, Predictor
 from mrcli.keypoint_sets import KeypointSet
-from mrcli.progress import Report, silent
+from mrcli.progress import Report, for_process
 from mrcli.config import DEFAULT_SCORE
 from mrcli.runs import TrainedModel, load_trained, with_sets
 
@@ -358,12 +365,15 @@ def run(
     sets: Sequence[str] = (),
     report: Report | None = None,
     trained: TrainedModel | None = None,
+    distributed: bool = False,
 ) -> PredictResult:
     """`mrcli predict`: every image of `input` through a trained model (a
     run's checkpoint, a checkpoint directory, or `weights` by name or file)
     into `out` (module docstring). `trained` (a mrcli.runs.TrainedModel)
-    replaces workdir/checkpoint/weights."""
-    report = silent(report)
+    replaces workdir/checkpoint/weights. On several processes the counts
+    are those of all; `skipped` lists this process's unreadable files."""
+    parallel.maybe_initialize_distributed(distributed)
+    report = for_process(report, jax.process_index())
     if not 0.0 <= score < 1.0:
         raise UserError(f"--score {score}: must be in [0, 1) (detections scoring above it are kept)")
     if batch_size < 1:
@@ -390,6 +400,9 @@ def run(
             more = f" (and {len(existing) - 1} more of its outputs)" if len(existing) > 1 else ""
             raise UserError(f"{existing[0]} already exists{more}; pass --overwrite to replace "
                             "them, or choose another --out")  # fmt: skip
+    # Every process has checked before any writes (else one would find the
+    # others' new outputs and refuse them).
+    parallel.barrier("predict: outputs checked")
     categories = Categories.from_map(trained.categories)
     # Detections scoring above --score: the model's own threshold, so fewer
     # candidates enter its NMS (the same detections above --score either way).
@@ -399,12 +412,19 @@ def run(
 
     skipped: list[tuple[str, str]] = []
     counts = {"done": 0, "instances": 0, "images": 0}
-    report.task("predict", total=len(images))
     start = time.perf_counter()
 
-    def decoded() -> Iterator[tuple[tuple[InputImage, Outputs, np.ndarray], np.ndarray]]:
-        """((input, outputs, rgb), rgb) per readable image, in input order; skips the rest."""
-        for image, outputs in zip(images, planned):
+    # Several processes (jax.distributed): process p predicts inputs p, p + P,
+    # ... on its own devices; ids are input positions, so the same everywhere.
+    p, num_parts = jax.process_index(), jax.process_count()
+    mine = range(p, len(images), num_parts)
+    report.task("predict", total=len(mine))
+
+    def decoded() -> Iterator[tuple[tuple[int, InputImage, Outputs, np.ndarray], np.ndarray]]:
+        """((image id, input, outputs, rgb), rgb) per readable image of this
+        process, in input order; skips the rest."""
+        for k in mine:
+            image, outputs = images[k], planned[k]
             try:
                 rgb = read_image(image.path)
             except UnreadableImage as e:
@@ -414,22 +434,29 @@ def run(
                 report.advance(counts["done"])
                 continue
             counts["images"] += 1
-            yield (image, outputs, rgb), rgb
+            yield (k + 1, image, outputs, rgb), rgb
 
+    run_parts = [inference.part_path(f, p, num_parts) for f in run_files]
     with ExitStack() as stack:
         out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(json.dumps({"format": "mrcli-predict/1"}) + "\n")
+        if p == 0:
+            (out / MARKER).write_text(json.dumps({"format": "mrcli-predict/1"}) + "\n")
         writers = None
         if "json" in formats:
-            writers = (stack.enter_context(coco.ResultsWriter(out / RESULTS_FILE)),
-                       stack.enter_context(coco.ResultsWriter(out / IMAGES_FILE)))  # fmt: skip
-        for (image, outputs, rgb), dets in predictor.over_images(decoded()):
+            writers = tuple(stack.enter_context(coco.ResultsWriter(f)) for f in run_parts)
+        for (image_id, image, outputs, rgb), dets in predictor.over_images(decoded(), lambda i: i[0]):
             inst = image_instances(dets, categories)
-            write_outputs(outputs, inst, rgb, image.rel.as_posix(), dets.image_id, categories, writers)
+            write_outputs(outputs, inst, rgb, image.rel.as_posix(), image_id, categories, writers)
             counts["instances"] += len(inst.scores)
             counts["done"] += 1
             report.advance(counts["done"])
     report.end()
+    if num_parts > 1:
+        for f in run_files:
+            inference.merge_results([inference.part_path(f, k, num_parts) for k in range(num_parts)], f,
+                                    barrier=f"predict {f.name}")  # fmt: skip
+        num_images, num_instances = parallel.gather_ints([counts["images"], counts["instances"]]).sum(0)
+        counts.update(images=int(num_images), instances=int(num_instances))
     seconds = time.perf_counter() - start
     return PredictResult(
         out=out, num_inputs=len(images), num_images=counts["images"], skipped=skipped,

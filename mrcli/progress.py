@@ -42,3 +42,22 @@ class Report:
 def silent(report: Report | None) -> Report:
     """`report`, or a Report that says nothing."""
     return report if report is not None else Report()
+
+
+class _WarningsOnly(Report):
+    """Another report's warnings, nothing else (no bars, no lines)."""
+
+    def __init__(self, inner: Report):
+        self.inner = inner
+
+    def say(self, text: str, kind: Kind = "info") -> None:
+        if kind == "warning":
+            self.inner.say(text, kind)
+
+
+def for_process(report: Report | None, process_index: int) -> Report:
+    """What process `process_index` of a multi-process run shows: everything
+    on process 0; on the others only warnings, so N processes do not draw N
+    progress bars of the same run (`mrcli launch` prefixes what they print)."""
+    report = silent(report)
+    return report if process_index == 0 else _WarningsOnly(report)

@@ -44,7 +44,7 @@ from mrcli.config import Config, TrainConfig
 from mrcli.data import pipeline
 from mrcli.data.store import Dataset, find_dataset
 from mrcli.errors import UserError
-from mrcli.progress import Kind, Report, silent
+from mrcli.progress import Kind, Report, for_process, silent
 
 PyTree = Any
 # loss_fn(params, constants, batch, rng) -> (scalar loss, dict of scalar metrics);
@@ -221,11 +221,40 @@ class _Metrics:
 
 
 class _StopSignals:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves, and exits 0."""
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves, and exits 0.
+
+    With several processes every one must stop at the same step, since saving
+    a checkpoint is collective: the flag is all-gathered (`agreed`) at the
+    steps every process logs or checkpoints at, and the run stops where any
+    process was signalled. A preemption notice (SIGTERM on one host, or on
+    all at slightly different times) is so answered within train.log_every
+    steps: inside the 30 s that SLURM (KillWait) and GCE spot VMs give
+    before SIGKILL at usual step times. One process checks at every step."""
 
     def __init__(self):
         self.received: int | None = None
+        self._agreed: tuple[int, int] | None = None  # (signal, the first process that got it)
         self._old: dict[int, Any] = {}
+
+    def agreed(self, at_sync_step: bool) -> bool:
+        """Whether the run stops after this step (the same answer on every process)."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        if not at_sync_step:
+            return False
+        got = parallel.gather_ints([self.received or 0])[:, 0]
+        if not got.any():
+            return False
+        first = int(np.flatnonzero(got)[0])
+        self._agreed = (int(got[first]), first)
+        return True
+
+    def describe(self) -> str:
+        """e.g. 'SIGTERM', or 'SIGTERM on process 1' in a multi-process run."""
+        if self._agreed is None:
+            return signal_name(self.received) if self.received is not None else "a signal"
+        signum, process = self._agreed
+        return f"{signal_name(signum)} on process {process}"
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -392,6 +421,14 @@ def _check_run(cfg: Config, ds: Dataset, report: Report) -> None:
                    "measures how well the model fits the data it trains on, not how it "
                    "generalises", "warning")  # fmt: skip
     model_lib.check_config(cfg.model)
+    n_proc = jax.process_count()
+    if cfg.train.global_batch % n_proc:
+        fit = max(n_proc, cfg.train.global_batch // n_proc * n_proc)
+        raise UserError(
+            f"train.global_batch={cfg.train.global_batch} does not split evenly over the {n_proc} "
+            f"processes (each reads its own rows of every batch): use a multiple of {n_proc} "
+            f"(--set train.global_batch={fit}), or start another number of processes"
+        )
     n_dev = jax.device_count()
     if cfg.train.global_batch % n_dev:
         fit = max(n_dev, cfg.train.global_batch // n_dev * n_dev)
@@ -469,11 +506,18 @@ def _restore(manager, step: int, state: TrainState, batches, sharding) -> tuple[
 
 
 def evaluate_during_training(model: model_lib.Model, state: TrainState, ds: Dataset, cfg: Config,
-                             mesh: Mesh) -> dict[str, float]:  # fmt: skip
-    """The periodic evaluation on data.eval_split: COCO box, mask and keypoint AP."""
-    predictor = inference.Predictor(model, model_lib.merge_params(state.params, state.constants),
-                                    cfg, mesh=mesh)  # fmt: skip
-    return inference.evaluate_split(predictor, ds, cfg.data.eval_split).summary()
+                             mesh: Mesh, workdir: Path) -> dict[str, float]:  # fmt: skip
+    """The periodic evaluation on data.eval_split: COCO box, mask and keypoint AP.
+    One process uses the train mesh; several divide the split, each on its own
+    devices, and merge their results in WORKDIR/eval/periodic (shared by the
+    hosts like the checkpoints)."""
+    full = model_lib.merge_params(state.params, state.constants)
+    if jax.process_count() == 1:
+        predictor = inference.Predictor(model, full, cfg, mesh=mesh)
+        return inference.evaluate_split(predictor, ds, cfg.data.eval_split).summary()
+    predictor = inference.Predictor(model, full, cfg)
+    out = workdir / runs.EVAL_DIR / "periodic"
+    return inference.evaluate_split(predictor, ds, cfg.data.eval_split, out_dir=out).summary()
 
 
 def _abstract_batch(cfg: Config, bucket: tuple[int, int], mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -584,6 +628,12 @@ def train(
     tc = cfg.train
     _check_run(cfg, ds, report)
     how = runs.check_workdir(workdir, cfg, ds)
+    if jax.process_count() > 1:
+        # Also a barrier: no process writes the run record before every one has
+        # read the workdir (else a late one would take a new run for a resume).
+        parallel.check_same({"config": json.dumps(config_lib.to_dict(cfg), sort_keys=True),
+                             "dataset fingerprint": ds.fingerprint,
+                             f"state of {workdir} (new, resume or restart)": how})  # fmt: skip
     resuming = how == "resume"
     if how == "restart":
         report.say(f"{workdir} holds a run that saved no checkpoint; starting it again with "
@@ -605,7 +655,8 @@ def train(
         batches = pipeline.train_batches(cfg, ds)  # its workers start with the first batch
         closing.callback(batches.close)
         compile_steps(step_fn, state, cfg, mesh, report)
-        runs.start_run(workdir, cfg, ds, how)
+        if jax.process_index() == 0:
+            runs.start_run(workdir, cfg, ds, how)
         manager = runs.open_checkpoints(workdir, tc.keep_checkpoints)
         closing.callback(manager.close)
         start = 0
@@ -657,26 +708,27 @@ def train(
                     state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
                     window.append((step, metrics))
                     step += 1
-                    # Periodic eval runs on one host only (see inference.Predictor).
-                    at_eval = tc.eval_every > 0 and step % tc.eval_every == 0 and n_proc == 1
+                    at_eval = tc.eval_every > 0 and step % tc.eval_every == 0
                     at_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps or at_eval
-                    if step % tc.log_every == 0 or at_ckpt or stop.received is not None:
+                    at_log = step % tc.log_every == 0
+                    signalled = stop.agreed(at_log or at_ckpt)
+                    if at_log or at_ckpt or signalled:
                         flush()
                     score = None
                     if at_eval:
-                        last_eval = evaluate_during_training(model, state, ds, cfg, mesh)
+                        last_eval = evaluate_during_training(model, state, ds, cfg, mesh, workdir)
                         metrics_out.write({"step": step, **last_eval}, prefix="eval")
                         report.say(_format_eval(step, last_eval))
                         score = stopping.update(step, last_eval)
-                    if at_ckpt or stop.received is not None or stopping.stop:
+                    if at_ckpt or signalled or stopping.stop:
                         _save(manager, step, state, batches, cfg, ds, score, stopping)
                         last_ckpt = step
                         report.say(f"checkpoint at step {step}", "detail")
                     if at_eval and metrics_out.enabled:
                         _draw_curves(workdir, report)
-                    if stop.received is not None:
+                    if signalled:
                         reason = "signal"
-                        report.say(f"stopped by {signal_name(stop.received)} at step {step}; "
+                        report.say(f"stopped by {stop.describe()} at step {step}; "
                                    "saved, resume with the same command")  # fmt: skip
                         break
                     if stopping.stop:
@@ -720,6 +772,7 @@ def run(
     without a recipe; `init_from` sets train.init_from) and train; what the
     dataset decides is taken from it unless set with `sets`."""
     parallel.maybe_initialize_distributed(distributed)
+    report = for_process(report, jax.process_index())
     cfg = runs.resolve_config(workdir, recipe, sets, data)
     if init_from:
         cfg = config_lib.override(cfg, {"train.init_from": init_from})

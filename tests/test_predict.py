@@ -156,7 +156,10 @@ def test_folder_recursion_every_input_kind_and_mirrored_outputs(folder_run, tree
     assert result.buckets == [(64, 64)] and result.batch_size % 4 == 0
     _, images = _load(out)
     assert sorted(i["file_name"] for i in images) == sorted(READABLE)
-    assert sorted(i["id"] for i in images) == list(range(1, len(READABLE) + 1))
+    # An image's id is its position among the input files (sorted paths); an
+    # unreadable file's id is left unused, so ids do not depend on who reads what.
+    position = {r: k for k, r in enumerate(sorted([*READABLE, *UNREADABLE]), 1)}
+    assert sorted(i["id"] for i in images) == sorted(position[r] for r in READABLE)
     by_name = {i["file_name"]: i for i in images}
     for rel, (h, w) in READABLE.items():
         stem = STEMS[rel]
@@ -168,8 +171,7 @@ def test_folder_recursion_every_input_kind_and_mirrored_outputs(folder_run, tree
         assert side["file_name"] == rel and side["label_map"] == Path(stem).name + ".png"
         assert (side["height"], side["width"]) == (h, w) == (by_name[rel]["height"], by_name[rel]["width"])
         assert side["image_id"] == by_name[rel]["id"]
-    # Ids follow the input order (sorted paths), unreadable files not counted.
-    assert [by_name[r]["id"] for r in sorted(READABLE)] == list(range(1, len(READABLE) + 1))
+    assert all(by_name[r]["id"] == position[r] for r in READABLE)
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     expected = {"detections.json", "images.json", P.MARKER} | {
         f"{d}/{STEMS[r]}.{e}" for r in READABLE for d, e in (("masks", "png"), ("masks", "json"), ("overlays", "png"))

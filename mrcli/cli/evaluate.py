@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mrcli.cli.display import RichReport, err, out, print_json
-from mrcli.cli.options import Checkpoint, DataDir, InferenceSets, Json, Weights, Workdir
+from mrcli.cli.options import Checkpoint, DataDir, Distributed, InferenceSets, Json, Weights, Workdir
 
 
 def eval_cmd(
@@ -36,6 +36,7 @@ def eval_cmd(
     ] = True,
     sets: InferenceSets = None,
     data_dir: DataDir = None,
+    distributed: Distributed = False,
     as_json: Json = False,
 ) -> None:
     """COCO box and mask AP of a trained model on a dataset split (pycocotools),
@@ -58,7 +59,8 @@ def eval_cmd(
     with RichReport() as report:
         result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split,
                           out=out_dir, max_images=max_images, sets=sets or [], data_dir=data_dir,
-                          weights=weights, plots=plots, report=report)  # fmt: skip
+                          weights=weights, plots=plots, report=report,
+                          distributed=distributed)  # fmt: skip
     plots_dir = str(result.plots[0].parent) if result.plots else None
     if as_json:
         print_json({"num_images": result.num_images, "results": str(result.results_path),

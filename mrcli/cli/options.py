@@ -8,6 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Distributed = Annotated[
+    bool, typer.Option("--distributed", help="Join a multi-host run (jax.distributed); automatic "
+                       "on SLURM, TPU pods, under `mrcli launch` and where JAX_COORDINATOR_ADDRESS "
+                       "is set.")
+]
 DataDir = Annotated[
     Optional[str],
     typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import Checkpoint, InferenceSets, Json, Weights, Workdir
+from mrcli.cli.options import Checkpoint, Distributed, InferenceSets, Json, Weights, Workdir
 from mrcli.config import DEFAULT_SCORE
 
 
@@ -36,6 +36,7 @@ def predict(
         bool, typer.Option("--overwrite", help="Replace outputs of an earlier run.")
     ] = False,
     sets: InferenceSets = None,
+    distributed: Distributed = False,
     as_json: Json = False,
 ) -> None:
     """Segment images: instance label maps (PNG + JSON), overlays, COCO results.
@@ -58,7 +59,8 @@ def predict(
     with RichReport() as report:
         result = predict_run(input, out, workdir=workdir, checkpoint=checkpoint, score=score,
                              formats=formats, batch_size=batch_size, overwrite=overwrite,
-                             weights=weights, sets=sets or [], report=report)  # fmt: skip
+                             weights=weights, sets=sets or [], report=report,
+                             distributed=distributed)  # fmt: skip
     skipped = f", skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(
         f"predicted {result.num_images} of {result.num_inputs} image(s){skipped}: "

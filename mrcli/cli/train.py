@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import DataDir, Json, Sets
+from mrcli.cli.options import DataDir, Distributed, Json, Sets
 
 
 def train(
@@ -28,10 +28,7 @@ def train(
                      "run's workdir (its best checkpoint). Arrays of another shape (another class "
                      "count) are skipped."),
     ] = None,
-    distributed: Annotated[
-        bool, typer.Option("--distributed", help="Join a multi-host run (jax.distributed); "
-                           "automatic on SLURM and TPU pods.")
-    ] = False,
+    distributed: Distributed = False,
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:

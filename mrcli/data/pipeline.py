@@ -231,7 +231,8 @@ class Plan:
                  repeat: np.ndarray | None = None, images: np.ndarray | None = None):  # fmt: skip
         """`repeat` [N] float >= 1: repeat factors (repeat_factors) of a
         training split; None: every image once per epoch. `images`: the record
-        indices a training epoch draws from (default all)."""
+        indices a training epoch draws from, or an evaluation runs over (default
+        all)."""
         d = cfg.data
         self.train = train
         self.seed = int(seed)
@@ -250,8 +251,7 @@ class Plan:
         self.images = np.arange(self.n) if images is None else np.asarray(images, np.int64)
         self.bucket_of = assign_buckets(heights, widths, max(self.scales), d.max_size,
                                         tuple(d.resolved_buckets()))
-        counts = np.bincount(self.bucket_of[self.images] if train else self.bucket_of,
-                             minlength=len(d.resolved_buckets()))  # fmt: skip
+        counts = np.bincount(self.bucket_of[self.images], minlength=len(d.resolved_buckets()))
         self.repeat = None if repeat is None else np.asarray(repeat, np.float64)
         if train and self.repeat is not None:
             # An epoch holds T = ceil(sum r) images (epoch_indices); however they
@@ -277,7 +277,7 @@ class Plan:
         else:
             groups = []
             for k in range(len(counts)):
-                idx = np.nonzero(self.bucket_of == k)[0]
+                idx = self.images[self.bucket_of[self.images] == k]
                 for j in range(0, len(idx), self.global_batch):
                     chunk = np.full(self.global_batch, -1, np.int64)
                     part = idx[j: j + self.global_batch]
@@ -779,19 +779,24 @@ def eval_batches(
     global_batch: int | None = None,
     max_images: int | None = None,
     num_workers: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> BatchIterator:
     """Every image of the split exactly once (the first `max_images` if > 0),
-    no augmentation, the last batch of each bucket padded with is_padding."""
+    no augmentation, the last batch of each bucket padded with is_padding.
+
+    `part` (p, P): only images p, p + P, p + 2P, ... of those, in batches of
+    `global_batch` of their own: what process p of P evaluates on its own
+    devices (inference.evaluate_split); the P parts hold every image once."""
     split = dataset.check_split(split or cfg.data.eval_split)
-    pi, pc = _process(process_index, process_count)
+    p, num_parts = part
+    if not 0 <= p < num_parts:
+        raise ValueError(f"part {p} not in [0, {num_parts})")
     index = dataset.index(split)
     limit = cfg.eval.max_images if max_images is None else max_images
     n = len(index["height"]) if not limit else min(limit, len(index["height"]))
     plan = Plan(index["height"][:n], index["width"][:n], cfg=cfg, train=False, seed=0,
                 global_batch=global_batch or cfg.eval.batch_size,
-                process_index=pi, process_count=pc)
+                process_index=0, process_count=1, images=np.arange(n)[p::num_parts])
     return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg, dataset),
                          num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                          stop=len(plan), step=0)

@@ -81,7 +81,7 @@ def test_contract_shapes_in_every_bucket(shapes_dataset):
         for batch in _take(it, 8):
             seen.add(_check_batch(batch, cfg, 4))
             assert not batch["is_padding"].any()
-    with P.eval_batches(cfg, shapes_dataset, process_index=0, process_count=1) as it:
+    with P.eval_batches(cfg, shapes_dataset) as it:
         for batch in it:
             seen.add(_check_batch(batch, cfg, 4))
     assert seen == {(48, 64), (64, 48)}
@@ -244,22 +244,24 @@ def test_two_processes_see_disjoint_shards(shapes_dataset):
 def test_eval_sees_every_image_once_and_pads(shapes_dataset):
     cfg = _cfg()
     all_ids = shapes_dataset.index("val")["image_id"].tolist()
-    for pc in (1, 2):
-        ids, pads = [], 0
-        its = [P.eval_batches(cfg, shapes_dataset, process_index=p, process_count=pc) for p in range(pc)]
-        num_batches = {len(it) for it in its}
-        assert len(num_batches) == 1
-        for batches in zip(*its):
-            assert len({b["image"].shape for b in batches}) == 1  # same bucket in every process
-            for b in batches:
-                _check_batch(b, cfg, 4 // pc)
-                ids += b["image_id"][~b["is_padding"]].tolist()
+    for pc in (1, 2, 3):  # the split divided between pc processes, each batching its own part
+        ids, pads, batches_seen = [], 0, 0
+        for p in range(pc):
+            part_ids = []
+            for b in P.eval_batches(cfg, shapes_dataset, part=(p, pc)):
+                _check_batch(b, cfg, 4)
+                part_ids += b["image_id"][~b["is_padding"]].tolist()
                 pads += int(b["is_padding"].sum())
+                batches_seen += 1
                 assert (b["image_id"][b["is_padding"]] == -1).all()
-        assert sorted(ids) == sorted(all_ids)
-        assert pads == num_batches.pop() * 4 - len(all_ids)
-        assert pads < 4 * len(cfg.data.resolved_buckets())
-    limited = P.eval_batches(cfg, shapes_dataset, max_images=5, process_index=0, process_count=1)
+            assert sorted(part_ids) == sorted(all_ids[p::pc])
+            ids += part_ids
+        assert sorted(ids) == sorted(all_ids)  # every image once over the parts
+        assert pads == batches_seen * 4 - len(all_ids)
+        assert pads < 4 * len(cfg.data.resolved_buckets()) * pc
+    with pytest.raises(ValueError, match="part 2 not in"):
+        P.eval_batches(cfg, shapes_dataset, part=(2, 2))
+    limited = P.eval_batches(cfg, shapes_dataset, max_images=5)
     got = [i for b in limited for i in b["image_id"][~b["is_padding"]].tolist()]
     assert sorted(got) == sorted(all_ids[:5])
 
