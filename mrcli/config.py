@@ -120,6 +120,12 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
+    # "resnet": the ResNet below; "nin": a small Network-In-Network backbone
+    # (Lin et al. 2013: mlpconv blocks, max-pooling between them) for CPU
+    # recipes, with ResNet's output strides and channels (C2..C5 at 4..32,
+    # 4 x width x 2^i), so the FPN is the same. It uses width, norm and
+    # freeze_at; depth and stride_in_1x1 are ResNet's.
+    kind: Literal["resnet", "nin"] = "resnet"
     # ResNet depth with bottleneck blocks: 50 (3,4,6,3) or 101 (3,4,23,3)
     # (He et al. 2016); 14 (1,1,1,1) and 26 (2,2,2,2) are small variants for CPU.
     depth: Literal[14, 26, 50, 101] = 50
@@ -202,10 +208,18 @@ class RoIHeadsConfig:
 
 @dataclass(frozen=True)
 class BoxHeadConfig:
+    # "fc": two fc layers (Lin et al. 2017 §4.2; 13.9M parameters in R50-FPN);
+    # "nin": Network In Network (Lin, Chen, Yan 2013): mlpconv blocks on the
+    # RoI features, then global average pooling (1.6M parameters in R50-FPN).
+    kind: Literal["fc", "nin"] = "fc"
     # RoIAlign output side for the box head.
     pool_size: int = 7
-    # Width of its two fc layers (Lin et al. 2017 §4.2: 1024).
+    # Width of its two fc layers (Lin et al. 2017 §4.2: 1024); "fc" only.
     dim: int = 1024
+    # Number and width of the "nin" head's mlpconv blocks (3x3 conv then two
+    # 1x1 convs, each + ReLU; NIN's CIFAR model: three blocks of 192).
+    mlpconv_blocks: int = 2
+    mlpconv_dim: int = 256
     # Box-coder weights of the RoI deltas (Fast R-CNN: 10, 10, 5, 5).
     coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     # Smooth-L1 beta of the RoI box loss (torchvision: 1/9; Detectron2: 0, i.e. L1).

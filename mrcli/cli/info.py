@@ -48,11 +48,18 @@ def recipe_row(recipe: config_lib.Recipe) -> dict[str, Any]:
     return {
         "name": recipe.name,
         "description": recipe.summary,
-        "backbone": f"R{b.depth}-FPN" + (f" (width {b.width})" if b.width != 64 else ""),
+        "backbone": model_name(cfg.model) + (f" (width {b.width})" if b.width != 64 else ""),
         "image_size": f"{cfg.data.image_size}/{cfg.data.max_size}",
         "schedule": f"{cfg.train.steps} steps @ batch {cfg.train.global_batch}",
         "dataset": cfg.data.dataset,
     }
+
+
+def model_name(cfg) -> str:
+    """R50-FPN, NIN-FPN, R14-FPN + NIN head: the backbone, and the box head where not fc."""
+    b = cfg.backbone
+    name = ("NIN" if b.kind == "nin" else f"R{b.depth}") + "-FPN"
+    return name + (" + NIN head" if cfg.box_head.kind == "nin" else "")
 
 
 def recipes_table(recipes: list[config_lib.Recipe]) -> Table:
@@ -65,7 +72,7 @@ def recipes_table(recipes: list[config_lib.Recipe]) -> Table:
     table.add_column("what", ratio=1)
     for recipe in recipes:
         cfg = recipe.config
-        table.add_row(recipe.name, f"R{cfg.model.backbone.depth}-FPN {cfg.data.image_size}px",
+        table.add_row(recipe.name, f"{model_name(cfg.model)} {cfg.data.image_size}px",
                       f"{cfg.train.steps:,} x {cfg.train.global_batch}", recipe.summary)  # fmt: skip
     return table
 

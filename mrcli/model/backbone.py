@@ -9,6 +9,10 @@ that Detectron2's model-zoo checkpoints use). Norm layers are frozen BatchNorm
 Depths: 50 (3, 4, 6, 3) and 101 (3, 4, 23, 3) blocks per stage (paper Table 1);
 14 (1, 1, 1, 1) and 26 (2, 2, 2, 2) are narrow CPU variants of the same design.
 
+`NIN` (model.backbone.kind = "nin") is a small Network-In-Network backbone
+(Lin, Chen, Yan 2013) with the same outputs: mlpconv blocks with max-pooling
+between them, for the CPU recipes.
+
 Dimension key: B batch, H/W input height/width, C channels.
 Outputs C2..C5 at strides 4, 8, 16, 32.
 """
@@ -20,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mrcli.config import BackboneConfig
-from mrcli.model.layers import Conv, FrozenBN, GroupNorm
+from mrcli.model.layers import Conv, FrozenBN, GroupNorm, MLPConv
 
 Array = jax.Array
 
@@ -113,3 +117,42 @@ class ResNet(nnx.Module):
                 x = block(x)
             outs.append(x)
         return tuple(outs)
+
+
+class NIN(nnx.Module):
+    """Network In Network's layout (Lin et al. 2013, §4: mlpconv, max-pool, ...)
+    with the strides and channels FPN takes from ResNet: a 5x5 stride-2 stem conv
+    (width channels), then per stage a 3x3 stride-2 max-pool and an mlpconv block
+    (3x3 conv then two 1x1 convs) to stage_channels: C2..C5 at strides 4..32.
+    No residuals; each conv is normalised (model.backbone.norm) before its ReLU,
+    as the ResNet, so it trains from scratch with GroupNorm. Frozen stages follow
+    model.backbone.freeze_at (1 stem, 2 stem + C2, ...)."""
+
+    def __init__(self, cfg: BackboneConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        stem_trainable = cfg.freeze_at < 1
+        self.stem = Conv(3, cfg.width, 5, stride=2, bias=False, trainable=stem_trainable, dtype=dtype, rngs=rngs)
+        self.stem_norm = make_norm(cfg, cfg.width, stem_trainable)
+        cin, stages = cfg.width, []
+        for i, cout in enumerate(stage_channels(cfg)):
+            trainable = cfg.freeze_at < i + 2
+
+            def norm(features, trainable=trainable):
+                return make_norm(cfg, features, trainable)
+
+            stages.append(MLPConv(cin, cout, 3, norm=norm, trainable=trainable, dtype=dtype, rngs=rngs))
+            cin = cout
+        self.stages = nnx.List(stages)
+
+    def __call__(self, x: Array) -> tuple[Array, Array, Array, Array]:
+        """[B,H,W,3] -> C2..C5 as ResNet's: [B,H/4,W/4,4w] .. [B,H/32,W/32,32w]."""
+        x = jax.nn.relu(self.stem_norm(self.stem(x)))
+        outs = []
+        for stage in self.stages:
+            x = stage(max_pool_3x3_s2(x))
+            outs.append(x)
+        return tuple(outs)
+
+
+def make_backbone(cfg: BackboneConfig, *, dtype=jnp.float32, rngs: nnx.Rngs) -> ResNet | NIN:
+    """The backbone model.backbone.kind names."""
+    return NIN(cfg, dtype=dtype, rngs=rngs) if cfg.kind == "nin" else ResNet(cfg, dtype=dtype, rngs=rngs)

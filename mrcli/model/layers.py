@@ -227,6 +227,33 @@ class Deconv2x2(ConvTranspose):
         return y + self.bias[...].astype(self.dtype)
 
 
+class MLPConv(nnx.Module):
+    """Network In Network's mlpconv layer (Lin, Chen, Yan 2013, §3.1, Fig. 2): a
+    k x k convolution then two 1x1 convolutions, each followed by ReLU: a
+    three-layer perceptron slid over the image. `norm` (features -> module),
+    where given, sits before each ReLU (the paper has none; the CPU backbone
+    trains from scratch with GroupNorm, as the ResNet), and the convs then
+    have no bias."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, norm=None,
+                 trainable: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        kw = dict(bias=norm is None, trainable=trainable, dtype=dtype, rngs=rngs)
+        self.convs = nnx.List([
+            Conv(in_features, out_features, kernel_size, **kw),
+            Conv(out_features, out_features, 1, **kw),
+            Conv(out_features, out_features, 1, **kw),
+        ])  # fmt: skip
+        self.norms = nnx.List([norm(out_features) for _ in range(3)]) if norm else None
+
+    def __call__(self, x: Array) -> Array:  # [B,H,W,C] -> [B,H,W,O]
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = jax.nn.relu(x)
+        return x
+
+
 class FrozenBN(nnx.Module):
     """Frozen BatchNorm as constants: y = x * scale + bias, with
     scale = gamma / sqrt(var + eps) and bias = beta - mean * scale folded on import

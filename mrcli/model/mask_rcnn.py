@@ -46,9 +46,9 @@ from flax import nnx
 from mrcli.config import ModelConfig, RoIAlignConfig
 from mrcli.errors import UserError
 from mrcli.model import losses, roi_heads, rpn
-from mrcli.model.backbone import ResNet, compute_dtype, stage_channels
+from mrcli.model.backbone import compute_dtype, make_backbone, stage_channels
 from mrcli.model.fpn import FPN
-from mrcli.model.heads import BoxHead, KeypointHead, MaskHead, RPNHead, UNetMaskHead
+from mrcli.model.heads import BoxHead, KeypointHead, MaskHead, NINBoxHead, RPNHead, UNetMaskHead
 from mrcli.model.layers import Frozen
 from mrcli.ops import anchors as anchor_ops
 from mrcli.ops.roi_align import multilevel_roi_align
@@ -63,10 +63,10 @@ class MaskRCNN(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=compute_dtype(cfg.dtype), rngs=rngs)
         f, k = cfg.fpn.channels, cfg.num_classes
-        self.backbone = ResNet(cfg.backbone, **kw)
+        self.backbone = make_backbone(cfg.backbone, **kw)
         self.fpn = FPN(cfg.fpn, stage_channels(cfg.backbone), **kw)
         self.rpn = RPNHead(f, len(cfg.anchors.aspect_ratios), **kw)
-        self.box_head = BoxHead(cfg.box_head, f, k, **kw)
+        self.box_head = (NINBoxHead if cfg.box_head.kind == "nin" else BoxHead)(cfg.box_head, f, k, **kw)
         if not cfg.masks:
             self.mask_head = None
         elif cfg.mask_head.kind == "unet":

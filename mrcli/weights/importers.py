@@ -603,8 +603,8 @@ def _detectron2_detector(sd, path) -> tuple[_Mapper, ModelConfig]:
 # What a backbone's weights fix about the model besides its shapes: arrays of the
 # same shapes mean another network under another stride convention, norm or
 # pixel profile (`mrcli train --init-from` checks these, with model.input.*).
-BACKBONE_PROFILE = ("model.backbone.depth", "model.backbone.width", "model.backbone.stride_in_1x1",
-                    "model.backbone.norm")  # fmt: skip
+BACKBONE_PROFILE = ("model.backbone.kind", "model.backbone.depth", "model.backbone.width",
+                    "model.backbone.stride_in_1x1", "model.backbone.norm")  # fmt: skip
 
 
 def _model_config(fields: dict[str, Any]) -> ModelConfig:
