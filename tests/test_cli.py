@@ -108,6 +108,20 @@ def test_recipes_table_on_stdout_fits_80_columns():
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 80
     assert any(line.split("│")[1].strip() == "tiny" for line in lines if line.count("│") > 2)
+    (nin,) = [line for line in lines if line.count("│") > 2 and line.split("│")[1].strip() == "tiny_nin"]
+    assert "NIN-FPN 128px" in nin
+
+
+def test_model_names_say_the_backbone_and_a_box_head_other_than_fc():
+    from mrcli.cli.info import model_name
+    from mrcli.config import load_recipe, override
+
+    tiny = load_recipe("tiny").config
+    assert model_name(tiny.model) == "R14-FPN"
+    assert model_name(load_recipe("r101_fpn").config.model) == "R101-FPN"
+    assert model_name(override(tiny, {"model.box_head.kind": "nin"}).model) == "R14-FPN + NIN head"
+    both = override(tiny, {"model.box_head.kind": "nin", "model.backbone.kind": "nin"})
+    assert model_name(both.model) == "NIN-FPN + NIN head"
 
 
 def test_datasets_lists_what_is_prepared(tmp_path):

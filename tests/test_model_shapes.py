@@ -116,6 +116,8 @@ def test_variants_build():
         variant(masks=False),
         variant(**{"backbone.depth": 26, "dtype": "bfloat16"}),
         variant(**{"backbone.stride_in_1x1": True, "backbone.norm": "frozen_bn"}),
+        load_recipe("tiny_nin").config.model,
+        variant(**{"backbone.kind": "nin", "box_head.kind": "nin", "dtype": "bfloat16"}),
     ):
         m, state = model.abstract(cfg)
         dets = jax.eval_shape(

@@ -367,12 +367,13 @@ def test_training_draws_its_curves_at_each_eval_and_at_the_end(tmp_path, monkeyp
         return path
 
     monkeypatch.setattr(runs, "plot_curves", recording)
-    cfg = c.resolve("tiny", [*MICRO, "train.steps=4", "train.eval_every=2", "train.log_every=1",
-                             "train.checkpoint_every=4"])  # fmt: skip
+    cfg = c.resolve("tiny", [*MICRO, "train.steps=5", "train.eval_every=2", "train.log_every=1",
+                             "train.checkpoint_every=5"])  # fmt: skip
     train(cfg, tmp_path / "run", data_dir=tmp_path / "data")
-    assert [d["eval_step"] for d in drawn] == [[2], [2, 4], [2, 4]]
-    assert [d["train_step"][-1] for d in drawn] == [2, 4, 4]
+    # Every eval_every steps, and the last step (5) too.
+    assert [d["eval_step"] for d in drawn] == [[2], [2, 4], [2, 4, 5], [2, 4, 5]]
+    assert [d["train_step"][-1] for d in drawn] == [2, 4, 5, 5]
     final = opened(tmp_path / "run" / runs.PLOTS / runs.CURVES)
-    assert final["train_step"] == [1, 2, 3, 4] and set(final) >= {"loss", "loss_mask", "lr", "images_per_s"}
+    assert final["train_step"] == [1, 2, 3, 4, 5] and set(final) >= {"loss", "loss_mask", "lr", "images_per_s"}
     elapsed = runs.read_curves(tmp_path / "run").train["elapsed_s"]
     assert all(b > a for a, b in zip(elapsed, elapsed[1:])) and elapsed[0] > 0
