@@ -10,8 +10,11 @@ the environment that `mrcli.parallel.maybe_initialize_distributed` reads,
     XLA_FLAGS                 --xla_force_host_platform_device_count=D (with
                               devices_per_process; other flags are kept)
 
-Every line a process prints (stdout and stderr) comes out prefixed with its
-index, `[1] ...`. When one process fails the others are stopped (SIGTERM, then
+Every line a process prints comes out prefixed with its index, `[1] ...`, on
+the launcher's stdout or stderr as the process printed it. The two streams are
+read through separate pipes, so a line is never torn by the other stream's
+writes (gloo's C++ logging on stderr used to split a Python print on stdout
+mid-line when both shared one pipe). When one process fails the others are stopped (SIGTERM, then
 SIGKILL after a grace period); the result is the worst exit code of those
 that were not stopped (a killed process counts 128 + signal).
 
@@ -77,8 +80,9 @@ def launch(argv: Sequence[str], processes: int, devices_per_process: int | None 
            grace_s: float = 30.0, port: int | None = None) -> int:
     """Run `argv` as `processes` local processes of one JAX run; the worst exit status.
 
-    `write` receives each prefixed output line (default: this process's
-    stdout). A process that fails (non-zero exit) stops the others: SIGTERM,
+    `write` receives each prefixed output line, whole, from both streams
+    (default: a process's stdout lines to this process's stdout, its stderr
+    lines to stderr). A process that fails (non-zero exit) stops the others: SIGTERM,
     and SIGKILL after `grace_s` seconds. SIGTERM/SIGINT to the launcher are
     passed on to every process."""
     if processes < 1:
@@ -90,15 +94,15 @@ def launch(argv: Sequence[str], processes: int, devices_per_process: int | None 
                         "mrcli launch --processes 2 -- train --recipe tiny --workdir runs/t")
     lock = threading.Lock()
 
-    def default_write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    out = write or default_write
-
-    def locked(text: str) -> None:
-        with lock:
-            out(text)
+    def writer(stream) -> Callable[[str], None]:
+        def locked(text: str) -> None:
+            with lock:
+                if write is not None:
+                    write(text)
+                else:
+                    stream.write(text)
+                    stream.flush()
+        return locked
 
     port = port or free_port()
     base = dict(os.environ if env is None else env)
@@ -109,16 +113,17 @@ def launch(argv: Sequence[str], processes: int, devices_per_process: int | None 
             try:
                 p = subprocess.Popen(list(argv), env=child_env(base, i, processes, port,
                                                                devices_per_process),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1,
                                      start_new_session=True)  # fmt: skip
             except OSError as e:
                 raise UserError(f"cannot start {argv[0]!r}: {e.strerror}; give a program on "
                                 "PATH or an mrcli command after --") from e
             procs.append(p)
-            t = threading.Thread(target=_pump, args=(i, p.stdout, locked), daemon=True)
-            t.start()
-            pumps.append(t)
+            for pipe, stream in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
+                t = threading.Thread(target=_pump, args=(i, pipe, writer(stream)), daemon=True)
+                t.start()
+                pumps.append(t)
         forwarded = _forward_signals(procs)
         try:
             codes, stopped = _wait_all(procs, grace_s)

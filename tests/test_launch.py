@@ -42,6 +42,18 @@ def test_two_processes_join_one_run_with_prefixed_output():
     assert all(line[:3] in ("[0]", "[1]") for line in lines)
 
 
+def test_a_line_is_never_torn_by_the_other_stream():
+    # What failed CI once: gloo's C++ logging on stderr landed inside a Python print on stdout
+    # while both shared one pipe. Here the two streams' halves alternate deterministically.
+    script = ("import os\n"
+              "for k in range(3):\n"
+              "    os.write(1, b'out %d ' % k); os.write(2, b'err %d ' % k)\n"
+              "    os.write(1, b'whole\\n'); os.write(2, b'whole\\n')\n")
+    lines: list[str] = []
+    assert launch([sys.executable, "-c", script], 1, write=lines.append) == 0
+    assert sorted(lines) == sorted(f"[0] {s} {k} whole\n" for s in ("out", "err") for k in range(3))
+
+
 def test_one_failure_stops_the_others_and_gives_the_worst_code():
     script = ("import os, sys, time\n"
               "if os.environ['JAX_PROCESS_ID'] == '1': sys.exit(3)\n"
@@ -61,6 +73,10 @@ def test_cli_runs_an_mrcli_command_in_each_process(tmp_path):
                           "recipes"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "[0] " in out.stdout and "[1] " in out.stdout and "tiny" in out.stdout
+    err = subprocess.run([sys.executable, "-m", "mrcli.cli", "launch", "-n", "1", "--", sys.executable,
+                          "-c", "import sys; print('to out'); print('to err', file=sys.stderr)"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (err.stdout, err.stderr) == ("[0] to out\n", "[0] to err\n")  # each stream kept
     bad = subprocess.run([sys.executable, "-m", "mrcli.cli", "launch", "-n", "2", "--",
                           "train", "--no-such-option"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2, bad.stdout + bad.stderr

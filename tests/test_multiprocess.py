@@ -58,7 +58,7 @@ def _launch(args, env, processes=2, devices=4):
 
 
 def _done(proc, timeout=600):
-    """All it printed (mrcli launch prints its processes' lines on stdout)."""
+    """All it printed (mrcli launch prints its processes' lines on its stdout and stderr)."""
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out + err
     return out + err
@@ -242,5 +242,6 @@ def test_processes_that_disagree_are_named_before_step_one(env, tmp_path):
     launcher = _launch(_train(tmp_path / "three"), env, processes=3, devices=1)
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 2, out + err
-    assert "train.global_batch=8 does not split evenly over the 3 processes" in out, out
-    assert "--set train.global_batch=6" in out
+    # The processes' errors come out on the launcher's stderr, as they printed them.
+    assert "train.global_batch=8 does not split evenly over the 3 processes" in err, out + err
+    assert "--set train.global_batch=6" in err
