@@ -166,8 +166,11 @@ class KeypointEval:
     category_ids: tuple[int, ...]
 
 
-def stat_names(iou_type: str) -> tuple[str, ...]:
-    return KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+def stat_names(iou_type: str, max_dets: int = 100) -> tuple[str, ...]:
+    """COCOeval.summarize's numbers in order; AR100 is AR{max_dets} at another maxDets."""
+    if iou_type == "keypoints":
+        return KEYPOINT_STAT_NAMES
+    return tuple(f"AR{max_dets}" if n == "AR100" else n for n in STAT_NAMES)
 
 
 def coco_evaluate(
@@ -176,10 +179,15 @@ def coco_evaluate(
     iou_type: str,
     image_ids: Sequence[int] | None = None,
     keypoints: KeypointEval | None = None,
+    max_dets: int = 100,
 ) -> EvalResult:
     """COCOeval of a results file (or list) against `gt`, over `image_ids` (default: all).
     iou_type "keypoints" (OKS) needs `keypoints`: the sigmas, and the categories it
     scores (the ones with keypoints).
+
+    `max_dets`: the detections per image scored (COCOeval's maxDets (1, 10,
+    max_dets) for boxes and masks: AP, APs/m/l and AR{max_dets} at max_dets, each
+    image's best by score; COCO's 100). Keypoints keep COCO's 20.
 
     COCOeval's printing is captured, so stdout stays clean for --json."""
     if iou_type not in IOU_TYPES:
@@ -192,7 +200,9 @@ def coco_evaluate(
     if iou_type == "keypoints" and (keypoints is None or (results and "keypoints" not in results[0])):
         raise ValueError("keypoint eval needs results with keypoints and the dataset's sigmas")
     cat_ids = sorted(gt.getCatIds()) if keypoints is None else sorted(keypoints.category_ids)
-    names = stat_names(iou_type)
+    if max_dets < 10:
+        raise UserError(f"--max-dets {max_dets}: COCOeval needs at least 10 (it also reports AR1 and AR10)")
+    names = stat_names(iou_type, max_dets)
     if not results:
         stats = {name: 0.0 for name in names}
         return EvalResult(iou_type, stats, {c: 0.0 for c in cat_ids}, cat_ids=tuple(cat_ids))
@@ -201,15 +211,21 @@ def coco_evaluate(
         ev = COCOeval(gt, dt, iou_type)
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
+        if iou_type != "keypoints":
+            ev.params.maxDets = [1, 10, int(max_dets)]
         if iou_type == "keypoints":
             ev.params.kpt_oks_sigmas = np.asarray(keypoints.sigmas, np.float64)
             ev.params.catIds = cat_ids
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    stats = {name: float(v) for name, v in zip(names, ev.stats)}
+        if iou_type == "keypoints":
+            ev.summarize()
+            values = ev.stats
+        else:
+            values = summarize_detections(ev.eval["precision"], ev.eval["recall"], ev.params.iouThrs)
+    stats = {name: float(v) for name, v in zip(names, values)}
     # precision [T iou thresholds, R recall points, K classes, A areas, M maxDets];
-    # area "all" and maxDets 100 are index 0 and -1 (COCOeval.Params).
+    # area "all" and maxDets max_dets are index 0 and -1 (COCOeval.Params).
     precision = ev.eval["precision"]
     per_class = {}
     for k, cat_id in enumerate(ev.params.catIds):
@@ -220,6 +236,29 @@ def coco_evaluate(
                       cat_ids=tuple(int(c) for c in ev.params.catIds),
                       iou_thresholds=tuple(float(t) for t in ev.params.iouThrs),
                       recall_points=tuple(float(r) for r in ev.params.recThrs))  # fmt: skip
+
+
+def summarize_detections(precision: np.ndarray, recall: np.ndarray, iou_thresholds: np.ndarray) -> list[float]:
+    """COCOeval.summarize's 12 box/mask numbers (STAT_NAMES' order) from its
+    accumulated arrays, at its params.maxDets (m1, m10, mN) whatever mN is:
+    pycocotools' own summarize looks for maxDets == 100 by value and reports -1
+    at any other (its _summarize(maxDets=100) default).
+
+    precision [T, R, K, A, M] and recall [T, K, A, M] (COCOeval.eval; -1 where a
+    class has no gt of that area), A = (all, small, medium, large), M = maxDets."""
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    t50, t75 = (int(np.argmin(np.abs(np.asarray(iou_thresholds) - t))) for t in (0.5, 0.75))
+    return [
+        mean(precision[:, :, :, 0, -1]), mean(precision[t50, :, :, 0, -1]),
+        mean(precision[t75, :, :, 0, -1]),
+        *(mean(precision[:, :, :, a, -1]) for a in (1, 2, 3)),
+        *(mean(recall[:, :, 0, m]) for m in (0, 1, 2)),
+        *(mean(recall[:, :, a, -1]) for a in (1, 2, 3)),
+    ]  # fmt: skip
 
 
 def check_categories(model_categories, dataset_categories, dataset_name: str) -> None:
@@ -266,6 +305,7 @@ class DatasetEval:
     split: str = ""
     model: str = ""
     keypoints: EvalResult | None = None  # OKS, for a keypoint model on a keypoint dataset
+    max_dets: int = 100  # detections per image scored (COCOeval maxDets) for bbox and segm
 
     def summary(self) -> dict[str, float]:
         """Flat numbers: bbox_AP, bbox_AP50, ..., segm_AP, ... (the 12 of each),
@@ -290,16 +330,18 @@ def score(
     category_names: dict[int, str],
     out_dir: str | os.PathLike[str] | None = None,
     keypoints: KeypointEval | None = None,
+    max_dets: int = 100,
 ) -> DatasetEval:
     """COCOeval of a results file over `image_ids`: bbox, segm with `masks`, and
-    keypoints (OKS) with `keypoints`; with `out_dir`, each iou type's numbers
-    also go to OUT/{bbox,segm,keypoints}.json."""
+    keypoints (OKS) with `keypoints`, boxes and masks at `max_dets` detections per
+    image (coco_evaluate); with `out_dir`, each iou type's numbers also go to
+    OUT/{bbox,segm,keypoints}.json."""
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = ground_truth
         gt.createIndex()
-    bbox = coco_evaluate(gt, results_path, "bbox", image_ids)
-    segm = coco_evaluate(gt, results_path, "segm", image_ids) if masks else None
+    bbox = coco_evaluate(gt, results_path, "bbox", image_ids, max_dets=max_dets)
+    segm = coco_evaluate(gt, results_path, "segm", image_ids, max_dets=max_dets) if masks else None
     kps = coco_evaluate(gt, results_path, "keypoints", image_ids, keypoints) if keypoints else None
     if out_dir is not None:
         for result in (bbox, segm, kps):
@@ -308,10 +350,11 @@ def score(
                     "stats": result.stats,
                     "per_class_ap": {str(k): v for k, v in result.per_class_ap.items()},
                     "num_images": len(image_ids),
+                    **({"max_dets": max_dets} if result.iou_type != "keypoints" else {}),
                 })  # fmt: skip
     return DatasetEval(bbox=bbox, segm=segm, num_images=len(image_ids), results_path=results_path,
                        category_names=category_names, image_ids=tuple(int(i) for i in image_ids),
-                       keypoints=kps)  # fmt: skip
+                       keypoints=kps, max_dets=max_dets)  # fmt: skip
 
 
 # --- what the pictures of an evaluation draw (mrcli.plots, mrcli.evaluate) ------------------
@@ -345,7 +388,7 @@ def pr_curves(result: EvalResult) -> PRCurves | None:
     without ground truth (precision -1) are left out."""
     if result.precision is None:
         return None
-    p = result.precision[:, :, :, 0, -1]  # [T, R, K]: area "all", maxDets 100
+    p = result.precision[:, :, :, 0, -1]  # [T, R, K]: area "all", the last maxDets (max_dets)
     t50 = int(np.flatnonzero(np.isclose(result.iou_thresholds, 0.5))[0])
     per_class = {}
     for k, cat_id in enumerate(result.cat_ids):

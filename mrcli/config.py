@@ -378,6 +378,10 @@ class EvalConfig:
     batch_size: int = 8
     # Evaluate at most this many images of the split; 0 = all.
     max_images: int = 0
+    # Detections per image COCOeval scores (its maxDets: AP and AR at this
+    # many; COCO's own 100). Training raises it with the detections per image
+    # it takes from a dense dataset (mrcli.train.instance_limits).
+    max_dets: int = 100
 
 
 @dataclass(frozen=True)

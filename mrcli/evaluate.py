@@ -40,6 +40,7 @@ import numpy as np
 from mrcli import coco, parallel, runs
 from mrcli import plots as plotlib
 from mrcli.coco import DatasetEval, DatasetMetric
+from mrcli.config import Config
 from mrcli.data import cityscapes
 from mrcli.data import images as imagelib
 from mrcli.data import masks as masklib
@@ -64,6 +65,7 @@ def run_eval(
     split: str | None = None,
     out: str | None = None,
     max_images: int | None = None,
+    max_dets: int | None = None,
     sets: Sequence[str] = (),
     data_dir: str | None = None,
     weights: str | None = None,
@@ -75,7 +77,11 @@ def run_eval(
     by name or file) on a prepared dataset's split, results written under
     `out` (with `plots`, the pictures too: OUT/plots). `sets` change its
     inference fields (mrcli.runs.with_sets: image sizes, eval.batch_size,
-    thresholds, detections per image).
+    thresholds, detections per image). `max_dets` (default eval.max_dets, COCO's
+    100) is how many detections per image COCOeval scores: the model then keeps
+    at least that many (model.inference.detections_per_image raised to it, and
+    its test-time proposals to at least twice it), so the results file holds up
+    to max_dets per image.
 
     On several processes (`distributed`, or a detected cluster) they divide
     the split (inference.evaluate_split) and all return the same numbers;
@@ -83,6 +89,8 @@ def run_eval(
     parallel.maybe_initialize_distributed(distributed)
     report = for_process(report, jax.process_index())
     trained = with_sets(load_trained(workdir, checkpoint, weights, report=report), sets)
+    if max_dets is not None:
+        trained = with_sets(trained, max_dets_sets(trained.config, max_dets))
     cfg = trained.config
     ds = find_dataset(data or cfg.data.dataset, data_dir)
     split = ds.check_split(split or cfg.data.eval_split)
@@ -99,12 +107,29 @@ def run_eval(
     result = with_dataset_metric(result, ds, split, out)
     write_json_atomic(Path(out) / runs.EVAL_RECORD, {
         "checkpoint": trained.origin, "step": trained.step, "dataset": ds.name, "split": split,
-        "num_images": result.num_images, **result.summary(),
+        "num_images": result.num_images, "max_dets": result.max_dets, **result.summary(),
     })  # fmt: skip
     if plots:
         result = dataclasses.replace(result, plots=tuple(write_plots(result, ds, split, Path(out) / PLOTS_DIR,
                                                                      report=report)))  # fmt: skip
     return result
+
+
+def max_dets_sets(cfg: Config, max_dets: int) -> list[str]:
+    """The --set pairs that score `max_dets` detections per image: eval.max_dets,
+    and where the model keeps fewer, its detections per image raised to it and
+    its test-time proposals (per image, before the box head) to at least twice
+    it (torchvision keeps 10x: 1000 proposals for 100 detections)."""
+    if max_dets < 10:
+        raise UserError(f"--max-dets {max_dets}: COCOeval needs at least 10 (it also reports AR1 and AR10)")
+    sets = [f"eval.max_dets={max_dets}"]
+    if cfg.model.inference.detections_per_image < max_dets:
+        sets.append(f"model.inference.detections_per_image={max_dets}")
+    rpn = cfg.model.rpn
+    if rpn.post_nms_topk.test < 2 * max_dets:
+        sets.append(f"model.rpn.post_nms_topk.test={2 * max_dets}")
+        sets.append(f"model.rpn.pre_nms_topk.test={max(rpn.pre_nms_topk.test, 2 * max_dets)}")
+    return sets
 
 
 CITYSCAPES_AP = "Cityscapes instance-level AP (cityscapesScripts)"

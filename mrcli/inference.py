@@ -343,7 +343,8 @@ def evaluate_split(
     return coco.score(dataset.coco_ground_truth(split), results_path, image_ids,
                       masks=predictor.cfg.model.masks, category_names=names,
                       out_dir=out_dir if p == 0 else None,
-                      keypoints=keypoint_eval(predictor.cfg, dataset))  # fmt: skip
+                      keypoints=keypoint_eval(predictor.cfg, dataset),
+                      max_dets=predictor.cfg.eval.max_dets)  # fmt: skip
 
 
 def part_path(path: Path, p: int, num_parts: int) -> Path:

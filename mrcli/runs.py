@@ -75,6 +75,7 @@ RESUMABLE_CHANGES = frozenset(
         "data.num_workers",
         "eval.batch_size",
         "eval.max_images",
+        "eval.max_dets",
         # Where the weights came from matters only before the first checkpoint.
         "train.init_from",
         "train.patience",

@@ -578,11 +578,67 @@ def _format_eval(step: int, numbers: dict[str, float]) -> str:
     return text
 
 
+def _round_up(x: float, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def instance_limits(cfg: Config, most_train: int, most_any: int,
+                    explicit: frozenset[str] = frozenset()) -> dict[str, Any]:  # fmt: skip
+    """The limits that cap what a run learns and finds, raised (never lowered) to
+    hold a dataset whose training images have at most `most_train` instances
+    each (crowd regions included) and whose images of any split at most
+    `most_any`; the keys in `explicit` (set on the command line) are kept.
+
+    - data.max_instances (gt slots): every training instance, rounded up to 8;
+    - model.roi_heads.batch_per_image (RoIs sampled per image): enough that its
+      foreground share (roi_heads.positive_fraction, Fast R-CNN's 25%) can hold
+      one RoI per instance, rounded up to 64; model.rpn.post_nms_topk.train (the
+      proposals they are drawn from) at least that;
+    - model.mask_head.fg_slots (and keypoint_head's, for a keypoint model): the
+      foreground RoIs the mask head trains on, one per instance;
+    - model.inference.detections_per_image: 1.25x the densest image of any split
+      (headroom for unseen images), rounded up to 10; eval.max_dets (COCOeval's
+      maxDets) with it, so the score is not capped at COCO's 100; the test-time
+      proposals (model.rpn.pre/post_nms_topk.test) at least twice the detections.
+
+    A limit that already holds the data is left as the recipe set it."""
+    m = cfg.model
+    out: dict[str, Any] = {}
+
+    def raise_to(key: str, current: int, need: int) -> None:
+        if key not in explicit and need > current:
+            out[key] = int(need)
+
+    if most_train > cfg.data.max_instances:
+        raise_to("data.max_instances", cfg.data.max_instances, _round_up(most_train, 8))
+    rh = m.roi_heads
+    if most_train > rh.batch_per_image * rh.positive_fraction:
+        raise_to("model.roi_heads.batch_per_image", rh.batch_per_image,
+                 _round_up(most_train / rh.positive_fraction, 64))  # fmt: skip
+        batch = out.get("model.roi_heads.batch_per_image", rh.batch_per_image)
+        raise_to("model.rpn.post_nms_topk.train", m.rpn.post_nms_topk.train, batch)
+        raise_to("model.rpn.pre_nms_topk.train", m.rpn.pre_nms_topk.train,
+                 out.get("model.rpn.post_nms_topk.train", 0))  # fmt: skip
+    if most_train > m.mask_head.fg_slots:
+        raise_to("model.mask_head.fg_slots", m.mask_head.fg_slots, _round_up(most_train, 8))
+    if m.keypoints and most_train > m.keypoint_head.fg_slots:
+        raise_to("model.keypoint_head.fg_slots", m.keypoint_head.fg_slots, _round_up(most_train, 8))
+    if most_any > m.inference.detections_per_image:
+        raise_to("model.inference.detections_per_image", m.inference.detections_per_image,
+                 _round_up(1.25 * most_any, 10))  # fmt: skip
+        dets = out.get("model.inference.detections_per_image", m.inference.detections_per_image)
+        raise_to("eval.max_dets", cfg.eval.max_dets, dets)
+        raise_to("model.rpn.post_nms_topk.test", m.rpn.post_nms_topk.test, 2 * dets)
+        raise_to("model.rpn.pre_nms_topk.test", m.rpn.pre_nms_topk.test,
+                 out.get("model.rpn.post_nms_topk.test", 0))  # fmt: skip
+    return out
+
+
 def for_dataset(cfg: Config, ds: Dataset, explicit: frozenset[str] = frozenset(),
                 report: Report | None = None) -> Config:  # fmt: skip
     """`cfg` with what the dataset decides, except the dotted keys in `explicit`
     (set on the command line): the number of classes (and of keypoints, for a
-    keypoint model), and with
+    keypoint model), the instance limits (instance_limits), and with
     train.schedule = "by_dataset_size" the batch (at most the split's size, a
     power of two) and the schedule (schedule_for_dataset; then "fixed", so the
     run records the values used)."""
@@ -597,6 +653,15 @@ def for_dataset(cfg: Config, ds: Dataset, explicit: frozenset[str] = frozenset()
             and cfg.model.keypoint_head.num_keypoints != kset.num_keypoints):
         updates[key] = kset.num_keypoints
         report.say(f"{key} = {kset.num_keypoints}, from dataset {ds.name!r}")
+    counts = {split: ds.index(split)["num_instances"] for split in ds.splits}
+    most_train = int(counts[ds.check_split(cfg.data.train_split)].max(initial=0))
+    most_any = max(int(c.max(initial=0)) for c in counts.values())
+    limits = instance_limits(cfg, most_train, most_any, explicit)
+    if limits:
+        updates.update(limits)
+        report.say(f"limits for dataset {ds.name!r} (up to {most_train} instances per training "
+                   f"image, {most_any} in any split): "
+                   + ", ".join(f"{k}={v}" for k, v in limits.items()))  # fmt: skip
     if cfg.train.schedule == "by_dataset_size":
         n = ds.num_examples(ds.check_split(cfg.data.train_split))
         batch = cfg.train.global_batch

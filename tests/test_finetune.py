@@ -8,6 +8,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from common import photos_dataset  # benchmarks/common.py
 from test_train import _cli, _train_args, _wait
@@ -25,7 +26,8 @@ class Lines(Report, list):
 
 def _dataset(num_classes: int, images: int):
     return SimpleNamespace(name="mine", num_classes=num_classes, num_examples=lambda split: images,
-                           check_split=lambda split: split, keypoint_set=None)  # fmt: skip
+                           check_split=lambda split: split, keypoint_set=None, splits=["train"],
+                           index=lambda split: {"num_instances": np.ones(images, np.int32)})  # fmt: skip
 
 
 def test_the_dataset_decides_the_classes_unless_set():

@@ -29,6 +29,12 @@ def eval_cmd(
     max_images: Annotated[
         Optional[int], typer.Option("--max-images", help="Evaluate the first N images only.")
     ] = None,
+    max_dets: Annotated[
+        Optional[int],
+        typer.Option("--max-dets", help="Detections per image COCOeval scores (its maxDets; "
+                     "default eval.max_dets: COCO's 100, or what training chose for a dense "
+                     "dataset). The model keeps at least this many."),
+    ] = None,
     plots: Annotated[
         bool,
         typer.Option("--plots/--no-plots", help="Draw precision-recall curves, AP by object size, "
@@ -53,17 +59,21 @@ def eval_cmd(
       mrcli eval --workdir runs/r101 --checkpoint last --split val --json
 
       mrcli eval --checkpoint imported/ --data coco --no-plots
+
+      mrcli eval --workdir runs/cells --max-dets 500
     """
     from mrcli.evaluate import run_eval
 
     with RichReport() as report:
         result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split,
-                          out=out_dir, max_images=max_images, sets=sets or [], data_dir=data_dir,
+                          out=out_dir, max_images=max_images, max_dets=max_dets, sets=sets or [],
+                          data_dir=data_dir,
                           weights=weights, plots=plots, report=report,
                           distributed=distributed)  # fmt: skip
     plots_dir = str(result.plots[0].parent) if result.plots else None
     if as_json:
-        print_json({"num_images": result.num_images, "results": str(result.results_path),
+        print_json({"num_images": result.num_images, "max_dets": result.max_dets,
+                    "results": str(result.results_path),
                     "plots": plots_dir, **result.summary()})  # fmt: skip
         _print_tables(result, err)
     else:
@@ -82,17 +92,17 @@ def _ap(value: float) -> str:
 
 def _print_tables(result: Any, console: Any) -> None:
     """The 12 COCO numbers of boxes and masks, the 10 of keypoints (OKS), then AP per class."""
-    from mrcli.coco import STAT_NAMES
+    from mrcli.coco import stat_names
 
     kinds = [r for r in (result.bbox, result.segm) if r is not None]
     if result.split:  # a line, not the title: a long path would wrap it into the table's width
         console.print(f"COCO eval of {result.model} on {result.split}, {result.num_images} images",
                       markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-    table = Table(title=f"COCO eval, {result.num_images} images")
+    table = Table(title=f"COCO eval, {result.num_images} images, maxDets {result.max_dets}")
     table.add_column("")
     for r in kinds:
         table.add_column(r.iou_type, justify="right")
-    for name in STAT_NAMES:
+    for name in stat_names("bbox", result.max_dets):
         # COCOeval reports -1 where the split has no ground truth of that size.
         table.add_row(name, *(_ap(r.stats[name]) for r in kinds))
     console.print(table)
