@@ -6,21 +6,101 @@ palette, CMYK, 16-bit and alpha images are converted at prepare time
 (`upright_rgb`) and stored as lossless PNG. The input pipeline then only
 decodes (`decode_rgb`), with JPEG DCT-domain downscaling when the target is
 at most half the stored size.
+
+16-bit images (grayscale "I;16"/"I;16B" PNG and TIFF, 16-bit RGB TIFF) become
+8-bit by a fixed rule, value >> 8 (`_mode_to_rgb`).
+
+Image size: mrcli opens images with its own limit on the pixel count,
+MAX_IMAGE_PIXELS (1e9 pixels, e.g. 31623 x 31623; the environment variable
+MRCLI_MAX_IMAGE_PIXELS overrides it), in place of Pillow's
+decompression-bomb limit (Image.MAX_IMAGE_PIXELS, about 89M pixels: a warning
+above it, an error above twice it), which large microscopy, aerial and
+slide images exceed. An image above mrcli's limit is refused (ImageTooLarge,
+naming its size, the limit and the variable) from the header alone, before
+its pixels are decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mrcli.errors import UserError
+
 # EXIF tag 0x0112: 1 = upright; 2..8 = mirrored and/or rotated.
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
+
+# mrcli's limit on an image's pixel count (width x height), in place of
+# Pillow's decompression-bomb limit; MAX_PIXELS_ENV overrides it. 1e9 pixels is
+# a 31623 x 31623 image: 3 GB as 8-bit RGB once decoded.
+MAX_IMAGE_PIXELS = 1_000_000_000
+MAX_PIXELS_ENV = "MRCLI_MAX_IMAGE_PIXELS"
+
+
+class ImageTooLarge(ValueError):
+    """An image above mrcli's pixel limit; the message names its size, the
+    limit and MAX_PIXELS_ENV."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: MRCLI_MAX_IMAGE_PIXELS if set, else MAX_IMAGE_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = int(text)  # int() accepts 2_000_000_000
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise UserError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive whole number of "
+                        f"pixels (width x height), e.g. {MAX_PIXELS_ENV}=2000000000")  # fmt: skip
+    return limit
+
+
+def _check_pixels(img: Image.Image) -> None:
+    w, h = img.size
+    limit = max_image_pixels()
+    if w * h > limit:
+        raise ImageTooLarge(
+            f"the image is {w} x {h} = {w * h:,} pixels, above mrcli's limit of {limit:,} "
+            f"pixels (a guard against decompression bombs); if the image is genuine and "
+            f"the memory is there (about {3 * w * h / 1e9:.1f} GB as RGB), raise the limit "
+            f"with the environment variable {MAX_PIXELS_ENV}={w * h}"
+        )
+
+
+_lift_lock = threading.Lock()
+_lifts = 0
+_pillow_limit: int | None = None
+
+
+@contextmanager
+def _mrcli_limit():
+    """Pillow's own decompression-bomb check off (mrcli's _check_pixels stands
+    in for it) while mrcli opens and decodes an image; its value is restored
+    when the last concurrent user leaves. Pillow checks at open and again at
+    some decodes (TIFF tiles, crops), so the whole decode runs inside."""
+    global _lifts, _pillow_limit
+    with _lift_lock:
+        if _lifts == 0:
+            _pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _lifts += 1
+    try:
+        yield
+    finally:
+        with _lift_lock:
+            _lifts -= 1
+            if _lifts == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit
 
 
 @dataclass(frozen=True)
@@ -68,10 +148,20 @@ def inspect_image(path: Path) -> ImageFacts:
 
 def inspect_image_bytes(data: bytes) -> ImageFacts:
     digest = hashlib.sha256(data).hexdigest()
+    with _mrcli_limit():
+        return _inspect_opened(data, digest)
+
+
+def _inspect_opened(data: bytes, digest: str) -> ImageFacts:
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        return ImageFacts(False, "unreadable_image", f"not an image PIL can read ({e})")
+        why = f"not an image PIL can read ({e}){tiff_hint(data)}"
+        return ImageFacts(False, "unreadable_image", why)
+    try:
+        _check_pixels(img)
+    except ImageTooLarge as e:
+        return ImageFacts(False, "unreadable_image", str(e))
     try:
         fmt, mode = img.format or "", img.mode
         stored_w, stored_h = img.size
@@ -86,7 +176,8 @@ def inspect_image_bytes(data: bytes) -> ImageFacts:
         text = str(e)
         if "truncated" in text or "broken" in text or "EOF" in text:
             return ImageFacts(False, "truncated_image", f"truncated or corrupt image data ({text})")
-        return ImageFacts(False, "unreadable_image", f"cannot decode the image ({text})")
+        why = f"cannot decode the image ({text}){tiff_hint(data)}"
+        return ImageFacts(False, "unreadable_image", why)
     h, w = (stored_w, stored_h) if orientation in _SWAPS_AXES else (stored_h, stored_w)
     return ImageFacts(
         True,
@@ -107,7 +198,9 @@ def displayed_size(source: Path | bytes) -> tuple[int, int] | None:
     open it (the checker then reports why). The formats that give coordinates
     relative to the image size (YOLO) need it before the checker runs."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        with _mrcli_limit(), Image.open(fp) as img:
+            _check_pixels(img)  # too large: None, and the checker says why
             w, h = img.size
             try:
                 orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
@@ -118,9 +211,32 @@ def displayed_size(source: Path | bytes) -> tuple[int, int] | None:
     return (w, h) if orientation in _SWAPS_AXES else (h, w)
 
 
+def tiff_hint(data: bytes) -> str:
+    """For a TIFF that Pillow cannot open or decode: what to do about it."""
+    if data[:4] not in (b"II*\0", b"MM\0*"):
+        return ""
+    return ("; it is a TIFF whose pixel layout or compression Pillow cannot decode (Pillow reads "
+            "8- and 16-bit grayscale, RGB and RGBA TIFFs, 16-bit RGB included; not, e.g., "
+            "16-bit gray+alpha or floating-point samples): convert it to an 8-bit RGB TIFF or "
+            "PNG first, e.g. with ImageJ (Image > Type > RGB Color, then save) or "
+            "`magick in.tif -depth 8 out.png`")
+
+
 def _mode_to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. 16/32-bit integer images are scaled down
-    (not clipped), alpha is dropped, palettes/CMYK/grayscale are converted."""
+    (not clipped), alpha is dropped, palettes/CMYK/grayscale are converted.
+
+    16-bit -> 8-bit is the fixed rule v >> 8 (v // 256: 0..65535 onto 0..255,
+    the high byte), whatever the image holds. Pillow already decodes 16-bit
+    RGB TIFFs to 8-bit RGB so (it keeps the high byte), and a fixed rule maps
+    the same sensor value to the same 8-bit value in every image, and in
+    prepare (training) as in predict. A per-image min-max stretch (ImageJ's
+    auto display range) would instead make one image's brightness depend on
+    its brightest pixel. The cost: data that uses only part of the 16 bits
+    (12-bit cameras: 0..4095) comes out dark (0..15); stretch such images to
+    8 bits before mrcli (ImageJ: Image > Type > 8-bit, with "Scale when
+    converting"). Mode "I" (32-bit) is read as 8-bit data if no value is
+    above 255, else as 16-bit (round(v * 255 / 65535), values clipped to 0..65535)."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -130,7 +246,7 @@ def _mode_to_rgb(img: Image.Image) -> Image.Image:
             arr = np.clip(arr, 0, top).astype(np.float64) * (255.0 / top)
             arr = np.round(arr).astype(np.uint8)
         else:
-            arr = (arr.astype(np.uint32) >> 8).astype(np.uint8)
+            arr = (arr >> 8).astype(np.uint8)  # uint16 (either byte order) -> high byte
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode == "F":
         arr = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
@@ -141,10 +257,13 @@ def _mode_to_rgb(img: Image.Image) -> Image.Image:
 
 
 def upright_rgb(data: bytes) -> np.ndarray:
-    """Decode with the EXIF rotation applied and the mode converted: [H,W,3] uint8."""
-    img = Image.open(io.BytesIO(data))
-    img = ImageOps.exif_transpose(img) or img
-    return np.asarray(_mode_to_rgb(img))
+    """Decode with the EXIF rotation applied and the mode converted: [H,W,3] uint8.
+    Raises ImageTooLarge above max_image_pixels()."""
+    with _mrcli_limit():
+        img = Image.open(io.BytesIO(data))
+        _check_pixels(img)
+        img = ImageOps.exif_transpose(img) or img
+        return np.asarray(_mode_to_rgb(img))
 
 
 def to_stored_bytes(data: bytes, facts: ImageFacts) -> bytes:
@@ -171,8 +290,14 @@ def decode_rgb(data: bytes | Image.Image, size: tuple[int, int] | None = None) -
     """Stored bytes (or an opened PIL image) -> an RGB PIL image, resized to
     `size` = (h, w) if given (bilinear with PIL's antialiasing). JPEGs are
     decoded at a reduced DCT scale first when the target is at most half
-    their size."""
+    their size. Raises ImageTooLarge above max_image_pixels()."""
+    with _mrcli_limit():
+        return _decode_rgb(data, size)
+
+
+def _decode_rgb(data: bytes | Image.Image, size: tuple[int, int] | None) -> Image.Image:
     img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+    _check_pixels(img)
     if size is not None and img.format == "JPEG":
         h, w = size
         if 2 * h <= img.size[1] and 2 * w <= img.size[0]:

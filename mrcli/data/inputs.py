@@ -2,9 +2,12 @@
 or a glob; decoded upright RGB, or a reason why not.
 
 `mrcli predict` reads its INPUT with these, and `mrcli export --verify-images`
-its images. JPEG, PNG, BMP and WebP files are read, anything else is ignored.
-Images are decoded upright (EXIF orientation) and converted to 8-bit RGB
-(grayscale, palette, RGBA, CMYK, 16-bit: mrcli.data.images.upright_rgb).
+its images. JPEG, PNG, BMP, WebP and TIFF files are read, anything else is
+ignored. Images are decoded upright (EXIF orientation) and converted to 8-bit
+RGB (grayscale, palette, RGBA, CMYK, 16-bit by v >> 8:
+mrcli.data.images.upright_rgb). Images above mrcli's pixel limit (1e9 pixels;
+the environment variable MRCLI_MAX_IMAGE_PIXELS sets another) are refused with
+a reason; below it, Pillow's smaller decompression-bomb limit does not apply.
 
 Folders holding predict outputs are not searched: one with the MARKER file,
 and with OUT = INPUT the MASKS_DIR and OVERLAYS_DIR folders of OUT.
@@ -23,7 +26,7 @@ from PIL import UnidentifiedImageError
 from mrcli.data import images as imagelib
 from mrcli.errors import UserError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # The layout of a predict output folder (mrcli.predict), which input scans skip.
 MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
@@ -111,8 +114,13 @@ def read_image(path: Path) -> np.ndarray:
         raise UnreadableImage(f"cannot read the file ({e.strerror or e})") from None
     try:
         rgb = imagelib.upright_rgb(data)
+    except imagelib.ImageTooLarge as e:
+        raise UnreadableImage(str(e)) from None
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image PIL can read (unknown format)") from None
+        raise UnreadableImage("not an image PIL can read (unknown format)"
+                              + imagelib.tiff_hint(data)) from None
+    except UserError:  # a bad MRCLI_MAX_IMAGE_PIXELS: the run's fault, not this file's
+        raise
     except Exception as e:  # noqa: BLE001 - any decoder failure of an untrusted file
         facts = imagelib.inspect_image_bytes(data)
         raise UnreadableImage(facts.error or f"cannot decode the image ({e})") from None
