@@ -78,6 +78,24 @@ class DataConfig:
     # Keypoint models (model.keypoints) train only on images with at least this
     # many labelled keypoints (Detectron2's MIN_KEYPOINTS_PER_IMAGE: 1); 0 keeps all.
     min_keypoints_per_image: int = 1
+    # Train on random crops at native scale (dense scenes, large images): the
+    # window (H, W) in model-input pixels, one number for a square
+    # (--set data.train_crop=512, or =512,768 for H,W); empty = off (whole images
+    # resized as above). Each training image is scaled by a short side drawn
+    # from train_scales (no max_size limit) or, with train_scales empty, kept at
+    # its own size (scale 1), then a window of this size is cut at a random
+    # place (a function of seed, epoch and image, as the flip); an image smaller
+    # than the window in a dimension is taken whole there and zero padded. All
+    # training batches are one bucket: the window rounded up to size_divisor.
+    # Evaluation is unchanged. See crop_min_visible for the cut instances.
+    train_crop: tuple[int, ...] = ()
+    # With train_crop: an instance cut by the window that keeps less than this
+    # fraction of its mask area (visible pixels / all its pixels) becomes an
+    # ignore region (gt_crowd, not gt_valid); one with no visible pixel is
+    # dropped; the rest are targets with the tight box of their visible part
+    # (as Detectron2's RandomCrop + filtering of cropped-away instances, with
+    # the partly visible ones ignored rather than trained on).
+    crop_min_visible: float = 0.5
 
     def resolved_buckets(self) -> tuple[tuple[int, int], ...]:
         """The buckets, derived from the image sizes where not given."""

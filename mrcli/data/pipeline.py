@@ -40,6 +40,34 @@ every key is present in training and in eval batches)::
                                       num_keypoints for a keypoint model, else 0
     is_padding  [B]          bool     eval: filler images of the last batch(es)
 
+Training crops (data.train_crop = (Hc, Wc), off by default): every training
+image is scaled by s = S_short / min(h, w), S_short drawn from
+data.train_scales as above but without the max_size limit, or s = 1 (the
+image's own pixels) where train_scales is empty, to (sh, sw) = round((h, w) *
+s); a window of min(Hc, sh) x min(Wc, sw) is cut from it at a uniformly random
+position (a function of (seed, epoch, image index), as the flip; an image
+smaller than the window in a dimension is taken whole there) and flipped.
+All training batches then have the one bucket (Hc, Wc) rounded up to
+data.size_divisor (crop_bucket; train_buckets lists what training compiles);
+eval batches are as without crops. For a cropped example the keys above
+read with the window in place of the image: image_info is (window_h /
+(sh / h), window_w / (sw / w), s, window_h, window_w), i.e. the window's
+extent in source pixels, so resized / orig is still the exact per-axis
+factor (the window's offset is not in the batch). Instances (rules in this
+order; the stored boxes skip the instances that miss the window, and only
+the window's part of a mask is resampled):
+  - an instance with no mask pixel in the window is dropped;
+  - a crowd region stays a crowd region;
+  - an instance keeping less than data.crop_min_visible of its mask area
+    (pixels in the window / all its pixels) becomes an ignore region:
+    gt_crowd True, gt_valid False (the model ignores anchors and RoIs on it);
+  - the others are targets; for all kept, gt_boxes is the tight box of the
+    visible pixels (clipped to the window, not the clipped stored box) and
+    gt_masks the visible part cropped to that box;
+  - keypoints outside the window ([0, window] inclusive, as Detectron2's
+    transform_keypoint_annotations) become unlabelled (0, 0, 0);
+  - more than N kept instances: the N with most visible pixels, in stored order.
+
 Slots beyond an image's instances are zero (False). An image with more than N
 instances (crowd regions included) keeps the N largest by area, in their
 stored order, and the pipeline warns once per process. Padding examples are
@@ -60,8 +88,8 @@ of one bucket in order of completion (as Detectron2's aspect-ratio grouping,
 but as pure index arithmetic); a bucket's incomplete last group is dropped
 in that epoch; a keypoint model trains only on the images with at least
 data.min_keypoints_per_image labelled keypoints (Detectron2's filter). The
-random scale and flip of an image are functions of
-(seed, epoch, image index). Process p of P takes rows [p*B, (p+1)*B) of each
+random scale and flip of an image (and its crop window, data.train_crop) are
+functions of (seed, epoch, image index). Process p of P takes rows [p*B, (p+1)*B) of each
 global batch, so processes see disjoint shards and all processes use the
 same bucket at every step. Eval: every image exactly once, in storage order
 within each bucket; each bucket's last global batch is padded (is_padding).
@@ -132,20 +160,32 @@ class Spec:
     # empty: no keypoints in the batches) and model.keypoint_head.coordinate_offset.
     keypoint_flip: tuple[int, ...] = ()
     keypoint_offset: float = 0.0
+    # data.train_crop as (H, W) (empty: off) and data.crop_min_visible; used
+    # only for slots that carry a crop position (training with train_crop).
+    crop: tuple[int, ...] = ()
+    crop_min_visible: float = 0.5
 
     @property
     def num_keypoints(self) -> int:
         return len(self.keypoint_flip)
 
     @classmethod
-    def from_config(cls, cfg: Config, dataset: Dataset | None = None) -> Spec:
-        """The spec of `cfg`; with `dataset`, a keypoint model's batches carry its keypoints."""
+    def from_config(cls, cfg: Config, dataset: Dataset | None = None, *, train: bool = False) -> Spec:
+        """The spec of `cfg`; with `dataset`, a keypoint model's batches carry its keypoints.
+        `train` with data.train_crop: the crop bucket is appended to the buckets
+        (the one every training batch uses; Plan numbers it len(resolved_buckets()))."""
         d, m = cfg.data, cfg.model.input
         kset = dataset.keypoint_set if dataset is not None and cfg.model.keypoints else None
+        buckets = tuple(tuple(int(v) for v in b) for b in d.resolved_buckets())
+        crop = train_crop_size(cfg)
+        if train and crop:
+            buckets = buckets + (crop_bucket(cfg),)
         return cls(
             keypoint_flip=kset.flip if kset is not None else (),
             keypoint_offset=float(cfg.model.keypoint_head.coordinate_offset),
-            buckets=tuple(tuple(int(v) for v in b) for b in d.resolved_buckets()),
+            crop=crop,
+            crop_min_visible=float(d.crop_min_visible),
+            buckets=buckets,
             max_size=d.max_size,
             max_instances=d.max_instances,
             mask_size=d.mask_crop_size,
@@ -186,6 +226,33 @@ def empty_batch(cfg: Config, batch_size: int, bucket: tuple[int, int]) -> dict[s
 # --- sizes and buckets ---------------------------------------------------------------
 
 
+def train_crop_size(cfg: Config) -> tuple[int, ...]:
+    """data.train_crop as (H, W) ((S,) is the square S x S); () when off."""
+    crop = tuple(int(v) for v in cfg.data.train_crop)
+    if not crop:
+        return ()
+    if len(crop) > 2 or min(crop) <= 0:
+        raise UserError(f"data.train_crop: expected one positive size (a square) or two (H, W), "
+                        f"got {list(crop)}; e.g. --set data.train_crop=512 or =512,768")  # fmt: skip
+    if not 0.0 <= cfg.data.crop_min_visible <= 1.0:
+        raise UserError(f"data.crop_min_visible: expected a fraction in [0, 1], got {cfg.data.crop_min_visible}")
+    return crop * 2 if len(crop) == 1 else crop
+
+
+def crop_bucket(cfg: Config) -> tuple[int, int]:
+    """The one bucket of training batches with data.train_crop: the window
+    rounded up to data.size_divisor."""
+    h, w = train_crop_size(cfg)
+    m = cfg.data.size_divisor
+    return -(-h // m) * m, -(-w // m) * m
+
+
+def train_buckets(cfg: Config) -> tuple[tuple[int, int], ...]:
+    """The buckets training batches use (what to compile the train step for):
+    the crop bucket alone with data.train_crop, else data.resolved_buckets()."""
+    return (crop_bucket(cfg),) if train_crop_size(cfg) else tuple(cfg.data.resolved_buckets())
+
+
 def resize_scale(h: int, w: int, short: int, max_size: int) -> float:
     return min(short / min(h, w), max_size / max(h, w))
 
@@ -219,8 +286,11 @@ def assign_buckets(heights: np.ndarray, widths: np.ndarray, short: int, max_size
 @dataclass(frozen=True)
 class Slot:
     index: int  # record index in the split; -1 = padding
-    short: int  # short side to resize to
+    short: int  # short side to resize to (0 with a crop: the image's own size)
     flip: bool
+    # data.train_crop: the window's position, (u_y, u_x) uniform in [0, 1)
+    # (_crop_geometry); None: the whole image.
+    crop: tuple[float, float] | None = None
 
 
 class Plan:
@@ -245,13 +315,22 @@ class Plan:
                 f"processes {process_count}"
             )
         self.local_batch = self.global_batch // self.process_count
+        self.crop = train_crop_size(cfg) if train else ()
         self.scales = tuple(d.resolved_train_scales()) if train else (d.image_size,)
         self.hflip_prob = float(d.hflip_prob) if train else 0.0
         self.n = len(heights)
         self.images = np.arange(self.n) if images is None else np.asarray(images, np.int64)
-        self.bucket_of = assign_buckets(heights, widths, max(self.scales), d.max_size,
-                                        tuple(d.resolved_buckets()))
-        counts = np.bincount(self.bucket_of[self.images], minlength=len(d.resolved_buckets()))
+        nbuckets = len(d.resolved_buckets())
+        if self.crop:
+            # One bucket, Spec.from_config(train=True)'s last; short side 0 =
+            # the image's own size where no train_scales are given.
+            self.scales = tuple(d.train_scales) or (0,)
+            self.bucket_of = np.full(self.n, nbuckets, np.int32)
+            nbuckets += 1
+        else:
+            self.bucket_of = assign_buckets(heights, widths, max(self.scales), d.max_size,
+                                            tuple(d.resolved_buckets()))
+        counts = np.bincount(self.bucket_of[self.images], minlength=nbuckets)
         self.repeat = None if repeat is None else np.asarray(repeat, np.float64)
         if train and self.repeat is not None:
             # An epoch holds T = ceil(sum r) images (epoch_indices); however they
@@ -330,6 +409,8 @@ class Plan:
         rng = np.random.default_rng([self.seed, epoch, int(index), 0xA06])
         short = int(self.scales[rng.integers(len(self.scales))]) if len(self.scales) > 1 else int(self.scales[0])
         flip = bool(rng.random() < self.hflip_prob)
+        if self.crop:
+            return Slot(int(index), short, flip, (float(rng.random()), float(rng.random())))
         return Slot(int(index), short, flip)
 
     def __getitem__(self, step: int) -> tuple[int, list[Slot]]:
@@ -376,23 +457,25 @@ def fit_size_torchvision(h: int, w: int, short: int, max_size: int,
     return scale, min(max(1, int(h * scale)), H), min(max(1, int(w * scale)), W)
 
 
+def _taps(n_in: int, n_out: int):
+    """resize_normalized's source pixels and weights along one axis."""
+    ratio = np.float32(n_in) / np.float32(n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * ratio - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    low = src.astype(np.int64)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = np.clip(src - low.astype(np.float32), 0.0, 1.0).astype(np.float32)
+    return low, high, np.float32(1.0) - frac, frac
+
+
 def resize_normalized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[h, w, C] float32 -> [rh, rw, C] float32 by bilinear interpolation without
     antialiasing, half-pixel centres (PyTorch's F.interpolate(mode="bilinear",
     align_corners=False) with the size given): source = (dst + 0.5) * in / out
     - 0.5 in float32, clamped at 0, the upper neighbour clamped at the edge."""
 
-    def taps(n_in: int, n_out: int):
-        ratio = np.float32(n_in) / np.float32(n_out)
-        src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * ratio - np.float32(0.5)
-        src = np.maximum(src, np.float32(0.0))
-        low = src.astype(np.int64)
-        high = np.minimum(low + 1, n_in - 1)
-        frac = np.clip(src - low.astype(np.float32), 0.0, 1.0).astype(np.float32)
-        return low, high, np.float32(1.0) - frac, frac
-
-    y0, y1, wy0, wy1 = taps(image.shape[0], size[0])
-    x0, x1, wx0, wx1 = taps(image.shape[1], size[1])
+    y0, y1, wy0, wy1 = _taps(image.shape[0], size[0])
+    x0, x1, wx0, wx1 = _taps(image.shape[1], size[1])
     rows = image[y0] * wy0[:, None, None] + image[y1] * wy1[:, None, None]  # [rh, w, C]
     return rows[:, x0] * wx0[None, :, None] + rows[:, x1] * wx1[None, :, None]
 
@@ -440,20 +523,29 @@ def image_input(
     arr = np.asarray(img)
     if spec.bgr:
         arr = arr[..., ::-1]
+    _normalize_into(arr, out, spec)
+    return out, np.array((h, w, scale, rh, rw), np.float32)
+
+
+def _normalize_into(arr: np.ndarray, out: np.ndarray, spec: Spec) -> None:
+    """uint8 [rh, rw, 3] (model pixel order) -> normalised into out[:rh, :rw]."""
+    rh, rw = arr.shape[:2]
     # Normalise straight into the zero-padded row. Viewing rows as [rw*3]
     # vectors (mean/std tiled to match) keeps numpy's inner loops long: 10x
     # faster than broadcasting over a trailing axis of 3.
     dst = out[:rh, :rw].reshape(rh, rw * 3)
     assert np.may_share_memory(dst, out), "out must be C-contiguous in its last two axes"
-    np.subtract(arr.reshape(rh, rw * 3), np.tile(np.asarray(spec.mean, np.float32), rw),
+    np.subtract(np.ascontiguousarray(arr).reshape(rh, rw * 3), np.tile(np.asarray(spec.mean, np.float32), rw),
                 out=dst, dtype=np.float32)
     dst *= np.tile(np.asarray([1.0 / s for s in spec.std], np.float32), rw)
-    return out, np.array((h, w, scale, rh, rw), np.float32)
 
 
 def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot: Slot,
                   bucket: tuple[int, int], spec: Spec) -> None:
     """Write example `rec` into row i of the preallocated batch `out`."""
+    if slot.crop is not None:
+        _fill_cropped(out, i, rec, slot, bucket, spec)
+        return
     h, w = int(rec["height"]), int(rec["width"])
     _, info = image_input(rec["image"], bucket, spec, slot.short, hw=(h, w), flip=slot.flip,
                           out=out["image"][i])  # fmt: skip
@@ -496,6 +588,146 @@ def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot:
     for j, k in enumerate(keep):
         mask = masklib.decode(rles[k], h, w)
         crop = masklib.crop_and_resize(mask, boxes[k], spec.mask_size)
+        out["gt_masks"][i, j] = crop[:, ::-1] if slot.flip else crop
+
+
+# --- training crops (data.train_crop) ------------------------------------------------------
+
+
+def _crop_geometry(h: int, w: int, slot: Slot, crop: tuple[int, ...]) -> tuple[float, int, int, int, int, int, int]:
+    """(scale, sh, sw, y0, x0, wh, ww) of a cropped training example: the h x w
+    image scaled to sh x sw = round((h, w) * scale), scale = short / min(h, w)
+    (no max_size limit) or 1 for slot.short 0, and the window [y0, y0 + wh) x
+    [x0, x0 + ww) of it, wh = min(crop H, sh), ww = min(crop W, sw), its corner
+    uniform over the positions (from the slot's (u_y, u_x))."""
+    scale = slot.short / min(h, w) if slot.short > 0 else 1.0
+    sh, sw = resized_size(h, w, scale)
+    wh, ww = min(int(crop[0]), sh), min(int(crop[1]), sw)
+    uy, ux = slot.crop
+    y0 = min(int(uy * (sh - wh + 1)), sh - wh)
+    x0 = min(int(ux * (sw - ww + 1)), sw - ww)
+    return scale, sh, sw, y0, x0, wh, ww
+
+
+def _crop_image(data: bytes, hw: tuple[int, int], scaled: tuple[int, int], window: tuple[int, int, int, int],
+                flip: bool, spec: Spec, out: np.ndarray) -> None:
+    """The window (y0, x0, wh, ww) of the image scaled to `scaled` (sh, sw),
+    flipped, normalised into out[:wh, :ww]: the same pixels as scaling the
+    whole image (image_input's resampling) and cutting the window, computed
+    for the window only."""
+    (h, w), (sh, sw), (y0, x0, wh, ww) = hw, scaled, window
+    if spec.resize == "torchvision":
+        # resize_normalized's taps for the whole image, only the window's rows
+        # and columns (only the source pixels they read are normalised).
+        ly, hy, ay, by = (t[y0: y0 + wh] for t in _taps(h, sh))
+        lx, hx, ax, bx = (t[x0: x0 + ww] for t in _taps(w, sw))
+        r0, r1, c0, c1 = int(ly.min()), int(hy.max()) + 1, int(lx.min()), int(hx.max()) + 1
+        arr = np.asarray(imagelib.decode_rgb(data), np.float32)[r0:r1, c0:c1]
+        if spec.bgr:
+            arr = arr[..., ::-1]
+        arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+        rows = arr[ly - r0] * ay[:, None, None] + arr[hy - r0] * by[:, None, None]
+        res = rows[:, lx - c0] * ax[None, :, None] + rows[:, hx - c0] * bx[None, :, None]
+        out[:wh, :ww] = res[:, ::-1] if flip else res
+        return
+    img = imagelib.decode_rgb(data)
+    if (sh, sw) == (h, w):
+        img = img.crop((x0, y0, x0 + ww, y0 + wh))
+    else:
+        # PIL resamples the box of the source that maps onto the window (its
+        # filter reads the pixels around the box too): the window of the
+        # whole resized image.
+        fy, fx = sh / h, sw / w
+        img = img.resize((ww, wh), Image.Resampling.BILINEAR,
+                         box=(x0 / fx, y0 / fy, (x0 + ww) / fx, (y0 + wh) / fy))
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(img)
+    if spec.bgr:
+        arr = arr[..., ::-1]
+    _normalize_into(arr, out, spec)
+
+
+def _fill_cropped(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot: Slot,
+                  bucket: tuple[int, int], spec: Spec) -> None:
+    """_fill_example for a training crop (data.train_crop; module docstring)."""
+    h, w = int(rec["height"]), int(rec["width"])
+    scale, sh, sw, y0, x0, wh, ww = _crop_geometry(h, w, slot, spec.crop)
+    assert wh <= bucket[0] and ww <= bucket[1], (wh, ww, bucket)
+    fy, fx = sh / h, sw / w  # exact per-axis factors, as resized_h / orig_h
+    _crop_image(rec["image"], (h, w), (sh, sw), (y0, x0, wh, ww), slot.flip, spec, out["image"][i])
+    # The window in source pixels (fractional where scaled).
+    oy0, oy1, ox0, ox1 = y0 / fy, (y0 + wh) / fy, x0 / fx, (x0 + ww) / fx
+    out["image_info"][i] = (oy1 - oy0, ox1 - ox0, scale, wh, ww)
+    out["image_id"][i] = int(rec["image_id"])
+
+    boxes = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)
+    # Source pixels whose centres lie in the window: rows [r0, r1), columns [c0, c1).
+    r0, r1 = max(0, math.ceil(oy0 - 0.5)), min(h, math.ceil(oy1 - 0.5))
+    c0, c1 = max(0, math.ceil(ox0 - 0.5)), min(w, math.ceil(ox1 - 0.5))
+    # The stored boxes (with a pixel to spare) skip instances that miss the
+    # window without decoding their masks.
+    near = np.flatnonzero((boxes[:, 0] < c1 + 1) & (boxes[:, 2] > c0 - 1)
+                          & (boxes[:, 1] < r1 + 1) & (boxes[:, 3] > r0 - 1))  # fmt: skip
+    stored_crowd = np.asarray(rec["crowd"], bool)
+    rles = rec["rles"]
+    kept, cut_boxes, crowd, visible, cuts = [], [], [], [], []
+    for k in near:
+        cut = masklib.decode(rles[k], h, w)[r0:r1, c0:c1]
+        ys = np.flatnonzero(cut.any(axis=1))
+        if not len(ys):
+            continue  # nothing of it in the window: dropped
+        xs = np.flatnonzero(cut.any(axis=0))
+        seen = int(cut.sum())
+        total = masklib.area(rles[k], h, w)
+        # Tight box of the visible pixels (source pixels), clipped to the window.
+        cut_boxes.append((max(c0 + xs[0], ox0), max(r0 + ys[0], oy0),
+                          min(c0 + xs[-1] + 1, ox1), min(r0 + ys[-1] + 1, oy1)))  # fmt: skip
+        crowd.append(bool(stored_crowd[k]) or seen < spec.crop_min_visible * total)
+        visible.append(seen)
+        cuts.append(cut)
+        kept.append(int(k))
+    n, N = len(kept), spec.max_instances
+    order = np.arange(n)
+    if n > N:
+        if not _warned["max_instances"]:
+            log.warning(
+                "image %s has %d instances in its training crop, more than data.max_instances=%d: "
+                "keeping the %d largest (warned once per process; raise data.max_instances to keep all)",
+                int(rec["image_id"]), n, N, N,
+            )
+            _warned["max_instances"] = True
+        order = np.sort(np.argsort(-np.asarray(visible, np.float64), kind="stable")[:N])
+    m = len(order)
+    if m == 0:
+        return
+    keep = np.asarray(kept, np.int64)[order]
+    src = np.asarray(cut_boxes, np.float64)[order]
+    b = (src * np.array([fx, fy, fx, fy]) - np.array([x0, y0, x0, y0])).astype(np.float32)
+    np.clip(b[:, 0::2], 0, ww, out=b[:, 0::2])
+    np.clip(b[:, 1::2], 0, wh, out=b[:, 1::2])
+    if slot.flip:
+        b = np.stack([ww - b[:, 2], b[:, 1], ww - b[:, 0], b[:, 3]], axis=1)
+    is_crowd = np.asarray(crowd, bool)[order]
+    out["gt_boxes"][i, :m] = b
+    out["gt_classes"][i, :m] = np.asarray(rec["classes"], np.int32)[keep]
+    out["gt_crowd"][i, :m] = is_crowd
+    out["gt_valid"][i, :m] = ~is_crowd
+    if spec.num_keypoints:
+        kp = np.asarray(rec["keypoints"], np.float32)[keep].copy()
+        kx = (kp[..., 0] + np.float32(spec.keypoint_offset)) * np.float32(fx) - np.float32(x0)
+        ky = (kp[..., 1] + np.float32(spec.keypoint_offset)) * np.float32(fy) - np.float32(y0)
+        kp[..., 0], kp[..., 1] = kx, ky
+        # Outside the window (Detectron2's transform_keypoint_annotations: 0..size inclusive): unlabelled.
+        kp[(kx < 0) | (kx > ww) | (ky < 0) | (ky > wh), 2] = 0
+        if slot.flip:
+            kp[..., 0] = ww - kp[..., 0]
+            kp = kp[:, list(spec.keypoint_flip)]
+        kp[kp[..., 2] <= 0] = 0.0
+        out["gt_keypoints"][i, :m] = kp
+    for j, t in enumerate(order):
+        box = src[j] - np.array([c0, r0, c0, r0])  # in the cut's pixels
+        crop = masklib.crop_and_resize(cuts[t], box, spec.mask_size)
         out["gt_masks"][i, j] = crop[:, ::-1] if slot.flip else crop
 
 
@@ -766,7 +998,7 @@ def train_batches(
                 process_index=pi, process_count=pc, repeat=repeat,
                 images=training_images(cfg, dataset, split))  # fmt: skip
     stop = _FOREVER if num_steps is None else start_step + int(num_steps)
-    return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg, dataset),
+    return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg, dataset, train=True),
                          num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                          stop=stop, step=start_step)
 
@@ -780,13 +1012,15 @@ def eval_batches(
     max_images: int | None = None,
     num_workers: int | None = None,
     part: tuple[int, int] = (0, 1),
+    skip: np.ndarray | None = None,
 ) -> BatchIterator:
     """Every image of the split exactly once (the first `max_images` if > 0),
     no augmentation, the last batch of each bucket padded with is_padding.
 
     `part` (p, P): only images p, p + P, p + 2P, ... of those, in batches of
     `global_batch` of their own: what process p of P evaluates on its own
-    devices (inference.evaluate_split); the P parts hold every image once."""
+    devices (inference.evaluate_split); the P parts hold every image once.
+    `skip`: record indices left out (those evaluated tile by tile)."""
     split = dataset.check_split(split or cfg.data.eval_split)
     p, num_parts = part
     if not 0 <= p < num_parts:
@@ -796,7 +1030,9 @@ def eval_batches(
     n = len(index["height"]) if not limit else min(limit, len(index["height"]))
     plan = Plan(index["height"][:n], index["width"][:n], cfg=cfg, train=False, seed=0,
                 global_batch=global_batch or cfg.eval.batch_size,
-                process_index=0, process_count=1, images=np.arange(n)[p::num_parts])
+                process_index=0, process_count=1,
+                images=np.setdiff1d(np.arange(n)[p::num_parts],
+                                    np.zeros(0, np.int64) if skip is None else np.asarray(skip, np.int64)))
     return BatchIterator(dataset.source(split), plan, Spec.from_config(cfg, dataset),
                          num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                          stop=len(plan), step=0)
@@ -810,11 +1046,14 @@ def example_batch(cfg: Config, dataset: Dataset, split: str, indices: list[int],
     index = dataset.index(split)
     plan = Plan(index["height"], index["width"], cfg=cfg, train=train, seed=seed,
                 global_batch=1, process_index=0, process_count=1) if train else None
-    spec = Spec.from_config(cfg, dataset)
+    spec = Spec.from_config(cfg, dataset, train=train)
     d = cfg.data
     scales = d.resolved_train_scales() if train else (d.image_size,)
-    buckets = assign_buckets(index["height"][indices], index["width"][indices], max(scales),
-                             d.max_size, spec.buckets)
+    if plan is not None and plan.crop:
+        buckets = plan.bucket_of[np.asarray(indices, np.int64)]
+    else:
+        buckets = assign_buckets(index["height"][indices], index["width"][indices], max(scales),
+                                 d.max_size, spec.buckets)
     if len(set(buckets.tolist())) > 1:
         raise ValueError(f"records {indices} fall into different buckets {buckets.tolist()}")
     slots = []
@@ -844,4 +1083,5 @@ __all__ = [
     "KEYS", "Spec", "Plan", "Slot", "BatchIterator", "MakeBatch", "batch_shapes", "empty_batch",
     "train_batches", "eval_batches", "example_batch", "denormalize", "assign_buckets",
     "resize_scale", "resized_size", "fit_size", "image_input", "training_images",
+    "train_crop_size", "crop_bucket", "train_buckets",
 ]
