@@ -37,7 +37,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from mrcli import coco, parallel, runs
+from mrcli import coco, parallel, runs, tiling
 from mrcli import plots as plotlib
 from mrcli.coco import DatasetEval, DatasetMetric
 from mrcli.config import Config
@@ -66,6 +66,8 @@ def run_eval(
     out: str | None = None,
     max_images: int | None = None,
     max_dets: int | None = None,
+    tile: int | None = None,
+    tile_overlap: int = 128,
     sets: Sequence[str] = (),
     data_dir: str | None = None,
     weights: str | None = None,
@@ -81,7 +83,8 @@ def run_eval(
     100) is how many detections per image COCOeval scores: the model then keeps
     at least that many (model.inference.detections_per_image raised to it, and
     its test-time proposals to at least twice it), so the results file holds up
-    to max_dets per image.
+    to max_dets per image. `tile`: every image is predicted in overlapping
+    windows at its own scale and merged (inference.evaluate_split).
 
     On several processes (`distributed`, or a detected cluster) they divide
     the split (inference.evaluate_split) and all return the same numbers;
@@ -89,6 +92,8 @@ def run_eval(
     parallel.maybe_initialize_distributed(distributed)
     report = for_process(report, jax.process_index())
     trained = with_sets(load_trained(workdir, checkpoint, weights, report=report), sets)
+    if tile is not None:
+        tiling.round_tile(tile, tile_overlap, 1)  # a bad --tile fails before any work
     if max_dets is not None:
         trained = with_sets(trained, max_dets_sets(trained.config, max_dets))
     cfg = trained.config
@@ -100,7 +105,8 @@ def run_eval(
         out = str(Path(workdir).expanduser() / runs.EVAL_DIR) if workdir else runs.EVAL_DIR
     predictor = Predictor(trained.model, trained.state, cfg, report=report)
     result = evaluate_split(predictor, ds, split, out_dir=out, max_images=max_images,
-                            categories=trained.categories, report=report)  # fmt: skip
+                            categories=trained.categories, report=report, tile=tile,
+                            tile_overlap=tile_overlap)  # fmt: skip
     result = dataclasses.replace(result, split=f"{ds.name}/{split}", model=trained.origin)
     if jax.process_index() != 0:
         return result

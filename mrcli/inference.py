@@ -37,10 +37,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mrcli import coco
+from mrcli import coco, tiling
 from mrcli import config as config_lib
 from mrcli import parallel
 from mrcli.config import Config
+from mrcli.data import images as imagelib
 from mrcli.data import pipeline
 from mrcli.model import Model
 from mrcli.ops.keypoints import heatmaps_to_keypoints
@@ -283,6 +284,70 @@ class Predictor:
         yield from self._pipelined(dispatched())
 
 
+def tile_detector(predictor: "Predictor", tile: int) -> tiling.DetectTiles:
+    """The production `detect_tiles` of mrcli.tiling: windows ([h, w, 3] uint8,
+    at most tile x tile) through the predictor's compiled model in one
+    (tile, tile) bucket, predictor.batch_size windows a batch (the last
+    padded), each at scale 1 (normalised as pipeline.image_input does, zero
+    padded, never resized) -> per window its Detections in window pixels,
+    each mask pasted (as to_original) and kept as a crop."""
+    spec = predictor.spec
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    B = predictor.batch_size
+    offset = predictor.cfg.model.keypoint_head.coordinate_offset
+
+    def launch(views: list[np.ndarray]) -> tuple[np.ndarray, Any]:
+        x = np.zeros((B, tile, tile, 3), np.float32)
+        info = np.zeros((B, 5), np.float32)
+        for i, v in enumerate(views):
+            h, w = v.shape[:2]
+            arr = v[..., ::-1] if spec.bgr else v
+            x[i, :h, :w] = (arr.astype(np.float32) - mean) / std
+            info[i] = (h, w, 1.0, h, w)
+        return info, predictor.dispatch(x, info)
+
+    def collect(info: np.ndarray, outputs: Any, n: int) -> list[tiling.Detections]:
+        outputs = jax.device_get(outputs)
+        dets = []
+        for i in range(n):
+            row = {k: np.asarray(v[i]) for k, v in outputs.items()}
+            probs = row.pop("masks", None)
+            d = to_original(row, info[i], 0, keypoint_offset=offset)
+            masks = None
+            if probs is not None:
+                keep = np.flatnonzero(np.asarray(row["valid"], bool))
+                regions = []
+                side = probs.shape[-1]
+                for j, k in enumerate(keep.tolist()):  # one window-sized paste at a time
+                    m = paste_masks(np.asarray(probs[k:k + 1], np.float32), d.boxes[j:j + 1], d.height,
+                                    d.width, threshold=MASK_THRESHOLD)[0]  # fmt: skip
+                    # paste_masks writes only inside the box grown by (M + 2) / M: crop there
+                    x0, y0, x1, y1 = (float(v) for v in d.boxes[j])
+                    gx, gy = (x1 - x0) / side + 2, (y1 - y0) / side + 2
+                    rx0, ry0 = max(int(np.floor(x0 - gx)), 0), max(int(np.floor(y0 - gy)), 0)
+                    rx1, ry1 = min(int(np.ceil(x1 + gx)) + 1, d.width), min(int(np.ceil(y1 + gy)) + 1, d.height)
+                    regions.append((m[ry0:max(ry1, ry0), rx0:max(rx1, rx0)], rx0, ry0))
+                masks = tiling.CroppedMasks.from_regions(regions, d.height, d.width)
+            dets.append(tiling.Detections(d.boxes, d.scores, d.classes, masks, d.height, d.width,
+                                          d.keypoints))  # fmt: skip
+        return dets
+
+    def detect_tiles(views: list[np.ndarray]) -> list[tiling.Detections]:
+        out: list[tiling.Detections] = []
+        inflight = None
+        for s in range(0, len(views), B):
+            group = views[s:s + B]
+            launched = (*launch(group), len(group))
+            if inflight is not None:
+                out.extend(collect(*inflight))
+            inflight = launched
+        if inflight is not None:
+            out.extend(collect(*inflight))
+        return out
+
+    return detect_tiles
+
+
 def evaluate_split(
     predictor: Predictor,
     dataset: Any,  # mrcli.data.store.Dataset
@@ -292,12 +357,18 @@ def evaluate_split(
     max_images: int | None = None,
     categories: list[dict[str, Any]] | None = None,
     report: Report | None = None,
+    tile: int | None = None,
+    tile_overlap: int = 128,
 ) -> coco.DatasetEval:
     """Run the model over `split` in fixed-shape batches, write the COCO results
     file (streaming, dataset category ids), and score it with COCOeval (bbox,
     segm with masks, keypoints (OKS) for a keypoint model on a keypoint
     dataset); with `out_dir` the files go there (detections.json, bbox.json,
     segm.json, keypoints.json), else to a temporary folder.
+
+    `tile` (--tile, --tile-overlap): every image is predicted window by window
+    at its own scale and merged (mrcli.tiling, as `mrcli predict --tile`).
+    COCOeval scores eval.max_dets detections per image.
 
     `categories` is the model's category map (a checkpoint's; default the
     dataset's); it must cover the dataset's (coco.check_categories).
@@ -317,15 +388,35 @@ def evaluate_split(
     p, num_parts = jax.process_index(), jax.process_count()
     if num_parts > 1 and out_dir is None:
         raise ValueError("evaluate_split on several processes needs an out_dir that all of them see")
+    tiled = np.zeros(0, np.int64)
+    if tile is not None:
+        tile, tile_overlap = tiling.round_tile(tile, tile_overlap, predictor.cfg.data.size_divisor)
+        index = dataset.index(split)
+        limit = predictor.cfg.eval.max_images if max_images is None else max_images
+        n = len(index["height"]) if not limit else min(limit, len(index["height"]))
+        own = np.arange(n)[p::num_parts]
+        tiled = own
     batches = pipeline.eval_batches(predictor.cfg, dataset, split=split, part=(p, num_parts),
-                                    global_batch=predictor.batch_size, max_images=max_images)  # fmt: skip
+                                    global_batch=predictor.batch_size, max_images=max_images,
+                                    skip=tiled)  # fmt: skip
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mrcli-eval-"))
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "detections.json"
     mine = part_path(results_path, p, num_parts)
     done = 0
-    report.task("eval", total=len(batches.plan.images))
+    report.task("eval", total=len(batches.plan.images) + len(tiled))
     with batches, coco.ResultsWriter(mine) as writer:
+        if len(tiled):
+            detect = tile_detector(predictor, tile)
+            source = dataset.source(split)
+            for i in tiled.tolist():
+                rec = source[int(i)]
+                rgb = np.asarray(imagelib.decode_rgb(rec["image"]))
+                d = tiling.predict_tiled(rgb, detect, tile, tile_overlap,
+                                         align=predictor.cfg.data.size_divisor)  # fmt: skip
+                writer.write(tiled_results(d, int(rec["image_id"]), dataset_ids))
+                done += 1
+                report.advance(done)
         for d in predictor.over_batches(batches):
             writer.write(coco.to_coco_results(d.image_id, d.boxes, d.scores, d.classes,
                                               np.ones(len(d.scores), bool), dataset_ids, d.masks,
@@ -345,6 +436,19 @@ def evaluate_split(
                       out_dir=out_dir if p == 0 else None,
                       keypoints=keypoint_eval(predictor.cfg, dataset),
                       max_dets=predictor.cfg.eval.max_dets)  # fmt: skip
+
+
+def tiled_results(d: tiling.Detections, image_id: int, dataset_ids: list[int]) -> list[dict[str, Any]]:
+    """A tiled image's detections as COCO results (coco.to_coco_results), the
+    RLEs encoded from the mask crops (no [D, h, w] stack)."""
+    named = np.flatnonzero(coco.named_classes(dataset_ids, d.classes))
+    keypoints = d.keypoints[named] if d.keypoints is not None else None
+    records = coco.to_coco_results(image_id, d.boxes[named], d.scores[named], d.classes[named],
+                                   np.ones(len(named), bool), dataset_ids, None, keypoints)  # fmt: skip
+    if d.masks is not None:
+        for r, rle in zip(records, d.masks.take(named).rles()):
+            r["segmentation"] = rle
+    return records
 
 
 def part_path(path: Path, p: int, num_parts: int) -> Path:

@@ -59,8 +59,20 @@ last batch of each bucket is padded, each bucket compiles once. While the
 device runs batch k, the host writes batch k-1's outputs and decodes the next
 images; memory holds at most a batch per bucket, whatever the number of images.
 
+With `tile` (--tile, --tile-overlap), every image is predicted in
+overlapping tile x tile windows at its own scale (no resize, as a model
+trained on data.train_crop sees it; an image no larger than the tile is one
+window; a window smaller than the tile is zero padded), batched
+through one (tile, tile) bucket, and the windows' detections merged
+(mrcli.tiling: the merge rule); the tile and the overlap are rounded up to
+multiples of data.size_divisor so every window's anchor grid is the image's.
+The outputs have the same format as without it; a tiled image's
+masks stay box crops (no [n, h, w] stack): its COCO RLEs are encoded from the
+crops and its overlay drawn from the label map. A tiled image keeps every
+merged instance (not capped at the model's detections_per_image).
+
 Dimension key: B batch, H/W bucket (padded input) size, D detections,
-M mask side, n instances of one image, h/w original image size.
+M mask side, n instances of one image, h/w original image size, t tile side.
 """
 
 from __future__ import annotations
@@ -76,11 +88,11 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
-from mrcli import coco, inference, parallel
+from mrcli import coco, inference, parallel, tiling
 from mrcli.data.inputs import (  # noqa: F401 - MARKER and read_image are part of predict's API
     MARKER, MASKS_DIR, OVERLAYS_DIR, InputImage, UnreadableImage, find_images, read_image,
 )  # fmt: skip
-from mrcli.data.show import overlay, write_png
+from mrcli.data.show import PALETTE, overlay, write_png
 from mrcli.errors import UserError
 from mrcli.files import write_bytes_atomic
 from mrcli.inference import ImageDetections, Predictor
@@ -210,6 +222,22 @@ def image_instances(d: ImageDetections, categories: "Categories") -> Instances:
     return Instances(d.boxes[keep], d.scores[keep], d.classes[keep], labels, d.height, d.width, keypoints)
 
 
+def tiled_instances(d: tiling.Detections, categories: "Categories"
+                    ) -> tuple[Instances, tiling.CroppedMasks | None]:  # fmt: skip
+    """image_instances for a tiled image (compact masks): its instances and
+    their disjoint masks as crops (None: a box-only model)."""
+    named = np.flatnonzero(coco.named_classes(categories.dataset_ids, d.classes))
+    order = named[np.argsort(-d.scores[named], kind="stable")]
+    keep, labels, crops = order, None, None
+    if d.masks is not None:
+        labels, kept = tiling.label_map(d.masks.take(order))
+        keep = order[kept]
+        crops = tiling.label_crops(labels, d.masks.boxes[keep])
+    keypoints = d.keypoints[keep] if d.keypoints is not None else None
+    inst = Instances(d.boxes[keep], d.scores[keep], d.classes[keep], labels, d.height, d.width, keypoints)
+    return inst, crops
+
+
 def side_record(inst: Instances, file_name: str, image_id: int, label_map_name: str | None,
                 categories: "Categories") -> dict[str, Any]:
     """The JSON side file of one image (see the module docstring)."""
@@ -309,9 +337,12 @@ def write_outputs(
     image_id: int,
     categories: Categories,
     writers: tuple[Any, Any] | None,  # ResultsWriters of detections.json and images.json
+    crops: tiling.CroppedMasks | None = None,  # the instances' masks as crops (tiled images)
 ) -> None:
-    """One image's files (each atomically) and its entries in the run's files."""
-    masks = inst.masks()  # [n, h, w] bool, or None
+    """One image's files (each atomically) and its entries in the run's files.
+    With `crops` no [n, h, w] masks are made: the RLEs come from the crops and
+    the overlay's masks from the label map (the same pictures and files)."""
+    masks = inst.masks() if crops is None else None  # [n, h, w] bool, or None
     for p in o.paths():
         p.parent.mkdir(parents=True, exist_ok=True)
     if o.label_map is not None:
@@ -321,15 +352,32 @@ def write_outputs(
         _write_side(o.side, side_record(inst, rel, image_id, name, categories))
     if o.overlay is not None:
         names = [categories.names[int(c)] for c in inst.classes]
-        drawn = overlay(rgb, inst.boxes, masks if masks is not None else [], names,
+        base = rgb if crops is None else _blend_labels(rgb, inst.labels)
+        drawn = overlay(base, inst.boxes, masks if masks is not None else [], names,
                         scores=inst.scores, **_drawn_keypoints(inst, categories))  # fmt: skip
         write_png(o.overlay, drawn)
     if writers is not None:
         results, images = writers
         valid = np.ones(len(inst.scores), bool)
-        results.write(coco.to_coco_results(image_id, inst.boxes, inst.scores, inst.classes, valid,
-                                      categories.dataset_ids, masks, inst.keypoints))  # fmt: skip
+        records = coco.to_coco_results(image_id, inst.boxes, inst.scores, inst.classes, valid,
+                                       categories.dataset_ids, masks, inst.keypoints)  # fmt: skip
+        if crops is not None:  # every instance is named (image_instances), so records align
+            assert len(records) == len(crops)
+            for r, rle in zip(records, crops.rles()):
+                r["segmentation"] = rle
+        results.write(records)
         images.write([{"id": image_id, "file_name": rel, "height": inst.height, "width": inst.width}])
+
+
+def _blend_labels(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """show.blend of a label map's (disjoint) masks, label k in PALETTE[(k - 1) % 20]:
+    the same pixels as blending its masks one by one, without them."""
+    out = rgb.copy()
+    sel = labels > 0
+    colours = PALETTE[(labels[sel].astype(np.int64) - 1) % len(PALETTE)].astype(np.float32)
+    mixed = (1 - alpha) * rgb[sel].astype(np.float32) + alpha * colours
+    out[sel] = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+    return out
 
 
 def _drawn_keypoints(inst: Instances, categories: Categories) -> dict[str, Any]:
@@ -366,12 +414,15 @@ def run(
     report: Report | None = None,
     trained: TrainedModel | None = None,
     distributed: bool = False,
+    tile: int | None = None,
+    tile_overlap: int = 128,
 ) -> PredictResult:
     """`mrcli predict`: every image of `input` through a trained model (a
     run's checkpoint, a checkpoint directory, or `weights` by name or file)
     into `out` (module docstring). `trained` (a mrcli.runs.TrainedModel)
     replaces workdir/checkpoint/weights. On several processes the counts
-    are those of all; `skipped` lists this process's unreadable files."""
+    are those of all; `skipped` lists this process's unreadable files.
+    `tile`: images larger than it go tiled (module docstring, mrcli.tiling)."""
     parallel.maybe_initialize_distributed(distributed)
     report = for_process(report, jax.process_index())
     if not 0.0 <= score < 1.0:
@@ -380,6 +431,8 @@ def run(
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     if formats is not None:
         parse_formats(formats)  # a typo fails before the model loads
+    if tile is not None:
+        tiling.round_tile(tile, tile_overlap, 1)  # a bad --tile fails before the model loads
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder; choose another --out")
@@ -409,6 +462,10 @@ def run(
     model = inference.with_score_threshold(trained.model, score)
     predictor = Predictor(model, trained.state, trained.config, batch_size=batch_size,
                           report=report)  # fmt: skip
+    detect_tiles = None
+    if tile is not None:
+        tile, tile_overlap = tiling.round_tile(tile, tile_overlap, trained.config.data.size_divisor)
+        detect_tiles = inference.tile_detector(predictor, tile)
 
     skipped: list[tuple[str, str]] = []
     counts = {"done": 0, "instances": 0, "images": 0}
@@ -434,6 +491,15 @@ def run(
                 report.advance(counts["done"])
                 continue
             counts["images"] += 1
+            if detect_tiles is not None:
+                dets = tiling.predict_tiled(rgb, detect_tiles, tile, tile_overlap,
+                                            align=trained.config.data.size_divisor, image_id=k + 1)  # fmt: skip
+                inst, crops = tiled_instances(dets, categories)
+                write_outputs(outputs, inst, rgb, image.rel.as_posix(), k + 1, categories, writers, crops)
+                counts["instances"] += len(inst.scores)
+                counts["done"] += 1
+                report.advance(counts["done"])
+                continue
             yield (k + 1, image, outputs, rgb), rgb
 
     run_parts = [inference.part_path(f, p, num_parts) for f in run_files]

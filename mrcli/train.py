@@ -521,14 +521,20 @@ def evaluate_during_training(model: model_lib.Model, state: TrainState, ds: Data
     """The periodic evaluation on data.eval_split: COCO box, mask and keypoint AP.
     One process uses the train mesh; several divide the split, each on its own
     devices, and merge their results in WORKDIR/eval/periodic (shared by the
-    hosts like the checkpoints)."""
+    hosts like the checkpoints).
+
+    A run on crops (data.train_crop) learns the images at their own scale, so
+    it is evaluated so: tiled (inference.evaluate_split `tile`) in windows of
+    the crop's longer side overlapping by a quarter of it."""
     full = model_lib.merge_params(state.params, state.constants)
+    tile = max(cfg.data.train_crop) if cfg.data.train_crop else None
+    tiled = {"tile": tile, "tile_overlap": tile // 4} if tile else {}
     if jax.process_count() == 1:
         predictor = inference.Predictor(model, full, cfg, mesh=mesh)
-        return inference.evaluate_split(predictor, ds, cfg.data.eval_split).summary()
+        return inference.evaluate_split(predictor, ds, cfg.data.eval_split, **tiled).summary()
     predictor = inference.Predictor(model, full, cfg)
     out = workdir / runs.EVAL_DIR / "periodic"
-    return inference.evaluate_split(predictor, ds, cfg.data.eval_split, out_dir=out).summary()
+    return inference.evaluate_split(predictor, ds, cfg.data.eval_split, out_dir=out, **tiled).summary()
 
 
 def _abstract_batch(cfg: Config, bucket: tuple[int, int], mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -543,12 +549,13 @@ def compile_steps(step_fn, state: TrainState, cfg: Config, mesh: Mesh, report: R
     UserError) a step whose memory the devices do not have. The compiled
     programs stay in the jit's cache, so the loop does not compile again."""
     d, m, t = cfg.data, cfg.model, cfg.train
-    lower = (f"train.global_batch ({t.global_batch}), the image size (data.image_size="
-             f"{d.image_size}, data.max_size={d.max_size}) or the RoIs per image "
+    size = (f"the crop (data.train_crop={','.join(map(str, d.train_crop))})" if d.train_crop else
+            f"the image size (data.image_size={d.image_size}, data.max_size={d.max_size})")
+    lower = (f"train.global_batch ({t.global_batch}), {size} or the RoIs per image "
              f"(model.roi_heads.batch_per_image={m.roi_heads.batch_per_image}, "
              f"model.mask_head.fg_slots={m.mask_head.fg_slots}, "
              f"model.keypoint_head.fg_slots={m.keypoint_head.fg_slots})")  # fmt: skip
-    for bucket in d.resolved_buckets():
+    for bucket in pipeline.train_buckets(cfg):
         start = time.perf_counter()
         compiled = step_fn.lower(state, _abstract_batch(cfg, bucket, mesh)).compile()
         need = parallel.memory_need(compiled, mesh)

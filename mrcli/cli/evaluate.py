@@ -35,6 +35,14 @@ def eval_cmd(
                      "default eval.max_dets: COCO's 100, or what training chose for a dense "
                      "dataset). The model keeps at least this many."),
     ] = None,
+    tile: Annotated[
+        Optional[int],
+        typer.Option("--tile", help="Predict every image in overlapping tiles of this side (px) at "
+                     "its own scale, merged as mrcli predict --tile does."),
+    ] = None,
+    tile_overlap: Annotated[
+        int, typer.Option("--tile-overlap", help="Overlap of neighbouring tiles (px), with --tile.")
+    ] = 128,
     plots: Annotated[
         bool,
         typer.Option("--plots/--no-plots", help="Draw precision-recall curves, AP by object size, "
@@ -60,13 +68,14 @@ def eval_cmd(
 
       mrcli eval --checkpoint imported/ --data coco --no-plots
 
-      mrcli eval --workdir runs/cells --max-dets 500
+      mrcli eval --workdir runs/cells --tile 1024 --max-dets 500
     """
     from mrcli.evaluate import run_eval
 
     with RichReport() as report:
         result = run_eval(workdir=workdir, checkpoint=checkpoint, data=data, split=split,
-                          out=out_dir, max_images=max_images, max_dets=max_dets, sets=sets or [],
+                          out=out_dir, max_images=max_images, max_dets=max_dets, tile=tile,
+                          tile_overlap=tile_overlap, sets=sets or [],
                           data_dir=data_dir,
                           weights=weights, plots=plots, report=report,
                           distributed=distributed)  # fmt: skip

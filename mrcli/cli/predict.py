@@ -35,6 +35,14 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs of an earlier run.")
     ] = False,
+    tile: Annotated[
+        Optional[int],
+        typer.Option("--tile", help="Predict every image in overlapping tiles of this side (pixels) "
+                     "at its own scale, merged (rounded up to data.size_divisor)."),
+    ] = None,
+    tile_overlap: Annotated[
+        int, typer.Option("--tile-overlap", help="Pixels shared by neighbouring tiles (with --tile).")
+    ] = 128,
     sets: InferenceSets = None,
     distributed: Distributed = False,
     as_json: Json = False,
@@ -53,6 +61,8 @@ def predict(
       mrcli predict 'photos/**/*.jpg' --out pred/ --workdir runs/r101 --score 0.7
 
       mrcli predict photo.png --out pred/ --workdir runs/r101 --format png,json
+
+      mrcli predict slides/ --out pred/ --workdir runs/x --tile 1024 --tile-overlap 128
     """
     from mrcli.predict import run as predict_run
 
@@ -60,7 +70,8 @@ def predict(
         result = predict_run(input, out, workdir=workdir, checkpoint=checkpoint, score=score,
                              formats=formats, batch_size=batch_size, overwrite=overwrite,
                              weights=weights, sets=sets or [], report=report,
-                             distributed=distributed)  # fmt: skip
+                             distributed=distributed, tile=tile,
+                             tile_overlap=tile_overlap)  # fmt: skip
     skipped = f", skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""
     err.print(
         f"predicted {result.num_images} of {result.num_inputs} image(s){skipped}: "
