@@ -4,7 +4,7 @@
 
 INPUT is a folder (searched recursively; hidden files and folders and the
 output folder are skipped), one image file, or a glob (`photos/**/*.jpg`);
-JPEG, PNG, BMP and WebP files are read, anything else is ignored. Images are
+JPEG, PNG, BMP, WebP and TIFF files are read, anything else is ignored. Images are
 decoded upright (EXIF orientation) and converted to 8-bit RGB (grayscale,
 palette, RGBA, CMYK, 16-bit: mrcli.data.images.upright_rgb). A file that
 cannot be read or decoded is reported (file + reason) and skipped.
@@ -422,7 +422,8 @@ def run(
     into `out` (module docstring). `trained` (a mrcli.runs.TrainedModel)
     replaces workdir/checkpoint/weights. On several processes the counts
     are those of all; `skipped` lists this process's unreadable files.
-    `tile`: images larger than it go tiled (module docstring, mrcli.tiling)."""
+    `tile`: every image in overlapping windows at its own scale (module
+    docstring, mrcli.tiling)."""
     parallel.maybe_initialize_distributed(distributed)
     report = for_process(report, jax.process_index())
     if not 0.0 <= score < 1.0:

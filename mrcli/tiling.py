@@ -5,10 +5,10 @@ through the detector, merged back into one image's instances.
     dets = predict_tiled(rgb, detect_tiles, tile=1024, overlap=128)  # Detections, image pixels
 
 `detect_tiles(list of [h_t, w_t, 3] uint8 windows, each at most tile x tile)
--> list of Detections` (window pixels) is the detector: mrcli.predict builds
-the production one on a Predictor (every window at scale 1, zero padded, never
-resized, into one (tile, tile) bucket, batched); tests drive the same code with
-a translation-equivariant detector.
+-> list of Detections` (window pixels) is the detector:
+mrcli.inference.tile_detector builds the production one on a Predictor (every
+window at scale 1, zero padded, never resized, into one (tile, tile) bucket,
+batched); tests drive the same code with a translation-equivariant detector.
 
 Masks stay compact (CroppedMasks): per detection a bool crop of its integer
 box and that box, never an [D, h, w] stack for the large image. COCO RLEs are

@@ -15,7 +15,7 @@ def predict(
     input: Annotated[
         str,
         typer.Argument(help="An image, a folder (searched recursively) or a quoted glob "
-                       "('photos/**/*.jpg'). JPEG, PNG, BMP, WebP."),
+                       "('photos/**/*.jpg'). JPEG, PNG, BMP, WebP, TIFF."),
     ],
     out: Annotated[str, typer.Option("--out", help="Output folder; mirrors the input tree.")],
     workdir: Workdir = None,
@@ -62,7 +62,7 @@ def predict(
 
       mrcli predict photo.png --out pred/ --workdir runs/r101 --format png,json
 
-      mrcli predict slides/ --out pred/ --workdir runs/x --tile 1024 --tile-overlap 128
+      mrcli predict slides/ --out pred/ --workdir runs/x --tile 1024
     """
     from mrcli.predict import run as predict_run
 

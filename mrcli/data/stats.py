@@ -181,15 +181,18 @@ def warnings(stats: SplitStats, cfg: Config) -> list[str]:
     over = int(np.sum(stats.annotations_per_image > limit))
     if over:
         lines.append(f"{over} image(s) of {where} have more instances than data.max_instances={limit} "
-                     f"(up to {most}): training keeps the {limit} largest of each; "
-                     f"--set data.max_instances={most} keeps them all")  # fmt: skip
+                     f"(up to {most}): mrcli train raises it to hold them (train.instance_limits) "
+                     f"unless it is set on the command line, where --set data.max_instances={most} "
+                     "keeps them all and a lower value the largest of each")  # fmt: skip
     most = int(stats.instances_per_image.max()) if len(stats.instances_per_image) else 0
     limit = cfg.model.inference.detections_per_image
     over = int(np.sum(stats.instances_per_image > limit))
     if over:
         lines.append(f"{over} image(s) of {where} have more objects than "
-                     f"model.inference.detections_per_image={limit} (up to {most}): the model cannot "
-                     f"report them all; --set model.inference.detections_per_image={most}")  # fmt: skip
+                     f"model.inference.detections_per_image={limit} (up to {most}): mrcli train raises "
+                     "it (train.instance_limits) unless set on the command line; a trained model "
+                     f"keeps its own: --set model.inference.detections_per_image={most} with "
+                     f"mrcli eval/predict (and eval --max-dets {max(most, 100)})")  # fmt: skip
     small, large = stats.outside_anchors()
     total = len(stats.input_sizes)
     lo, hi = stats.anchor_reach
