@@ -589,6 +589,15 @@ def _round_up(x: float, multiple: int) -> int:
     return int(math.ceil(x / multiple) * multiple)
 
 
+# The fields instance_limits may raise.
+LIMIT_KEYS = frozenset({
+    "data.max_instances", "model.roi_heads.batch_per_image", "model.rpn.post_nms_topk.train",
+    "model.rpn.pre_nms_topk.train", "model.mask_head.fg_slots", "model.keypoint_head.fg_slots",
+    "model.inference.detections_per_image", "eval.max_dets", "model.rpn.post_nms_topk.test",
+    "model.rpn.pre_nms_topk.test",
+})  # fmt: skip
+
+
 def instance_limits(cfg: Config, most_train: int, most_any: int,
                     explicit: frozenset[str] = frozenset()) -> dict[str, Any]:  # fmt: skip
     """The limits that cap what a run learns and finds, raised (never lowered) to
@@ -706,6 +715,8 @@ def train(
     t_start = time.perf_counter()  # the run's wall time (elapsed_s) counts from here
     workdir = Path(workdir).expanduser()
     ds = find_dataset(cfg.data.dataset, data_dir)
+    if runs.is_run(workdir):  # a run goes on with the limits it started with (a run of 0.1 too)
+        explicit = explicit | LIMIT_KEYS
     cfg = for_dataset(cfg, ds, explicit, report)
     parallel.use_cpu_cores(cfg.train.global_batch)
     tc = cfg.train

@@ -77,6 +77,11 @@ def test_limits_are_raised_to_hold_the_data_never_lowered_and_set_ones_are_kept(
         "model.rpn.post_nms_topk.test": 460, "model.rpn.pre_nms_topk.test": 460,
         "model.rpn.post_nms_topk.train": 640, "model.rpn.pre_nms_topk.train": 640,
     }  # fmt: skip
+    keypoints = train_lib.instance_limits(c.resolve("tiny_keypoints", []), 150, 180)
+    assert keypoints["model.keypoint_head.fg_slots"] == 152
+    # What a resumed run keeps as it started (mrcli.train.train) covers every limit.
+    assert set(got) | set(keypoints) <= train_lib.LIMIT_KEYS
+    assert train_lib.instance_limits(cfg, 150, 180, train_lib.LIMIT_KEYS) == {}
     kept = train_lib.instance_limits(cfg, 150, 180, frozenset({"data.max_instances", "eval.max_dets"}))
     assert "data.max_instances" not in kept and "eval.max_dets" not in kept
     assert kept["model.inference.detections_per_image"] == 230
