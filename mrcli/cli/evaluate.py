@@ -8,7 +8,9 @@ import typer
 from rich.table import Table
 
 from mrcli.cli.display import RichReport, err, out, print_json
-from mrcli.cli.options import Checkpoint, DataDir, Distributed, InferenceSets, Json, Weights, Workdir
+from mrcli.cli.options import (
+    Checkpoint, DataDir, Distributed, InferenceSets, Json, Tile, TileOverlap, Weights, Workdir,
+)
 
 
 def eval_cmd(
@@ -35,14 +37,8 @@ def eval_cmd(
                      "default eval.max_dets: COCO's 100, or what training chose for a dense "
                      "dataset). The model keeps at least this many."),
     ] = None,
-    tile: Annotated[
-        Optional[int],
-        typer.Option("--tile", help="Predict every image in overlapping tiles of this side (px) at "
-                     "its own scale, merged as mrcli predict --tile does."),
-    ] = None,
-    tile_overlap: Annotated[
-        int, typer.Option("--tile-overlap", help="Overlap of neighbouring tiles (px), with --tile.")
-    ] = 128,
+    tile: Tile = None,
+    tile_overlap: TileOverlap = 128,
     plots: Annotated[
         bool,
         typer.Option("--plots/--no-plots", help="Draw precision-recall curves, AP by object size, "

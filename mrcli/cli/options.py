@@ -58,3 +58,11 @@ OnErrorOpt = Annotated[
     ),
 ]
 Check = Annotated[bool, typer.Option("--check", help="Only check the data and report; write nothing.")]
+Tile = Annotated[
+    Optional[int],
+    typer.Option("--tile", help="Predict every image in overlapping tiles of this side (pixels) at its own "
+                 "scale, merged (mrcli.tiling; rounded up to data.size_divisor)."),
+]
+TileOverlap = Annotated[
+    int, typer.Option("--tile-overlap", help="Pixels shared by neighbouring tiles (with --tile).")
+]

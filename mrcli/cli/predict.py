@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mrcli.cli.display import RichReport, err, print_json
-from mrcli.cli.options import Checkpoint, Distributed, InferenceSets, Json, Weights, Workdir
+from mrcli.cli.options import Checkpoint, Distributed, InferenceSets, Json, Tile, TileOverlap, Weights, Workdir
 from mrcli.config import DEFAULT_SCORE
 
 
@@ -35,14 +35,8 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs of an earlier run.")
     ] = False,
-    tile: Annotated[
-        Optional[int],
-        typer.Option("--tile", help="Predict every image in overlapping tiles of this side (pixels) "
-                     "at its own scale, merged (rounded up to data.size_divisor)."),
-    ] = None,
-    tile_overlap: Annotated[
-        int, typer.Option("--tile-overlap", help="Pixels shared by neighbouring tiles (with --tile).")
-    ] = 128,
+    tile: Tile = None,
+    tile_overlap: TileOverlap = 128,
     sets: InferenceSets = None,
     distributed: Distributed = False,
     as_json: Json = False,

@@ -540,6 +540,22 @@ def _normalize_into(arr: np.ndarray, out: np.ndarray, spec: Spec) -> None:
     dst *= np.tile(np.asarray([1.0 / s for s in spec.std], np.float32), rw)
 
 
+def _largest(sizes: np.ndarray, limit: int, rec: dict[str, Any], where: str) -> np.ndarray:
+    """Indices of the `limit` largest of `sizes` [n] in their stored order (all when
+    n <= limit); warns once per process when some are left out."""
+    n = len(sizes)
+    if n <= limit:
+        return np.arange(n)
+    if not _warned["max_instances"]:
+        log.warning(
+            "image %s has %d instances%s, more than data.max_instances=%d: keeping the %d "
+            "largest (warned once per process; raise data.max_instances to keep all)",
+            int(rec["image_id"]), n, where, limit, limit,
+        )
+        _warned["max_instances"] = True
+    return np.sort(np.argsort(-sizes, kind="stable")[:limit])
+
+
 def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot: Slot,
                   bucket: tuple[int, int], spec: Spec) -> None:
     """Write example `rec` into row i of the preallocated batch `out`."""
@@ -554,19 +570,7 @@ def _fill_example(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot:
     out["image_id"][i] = int(rec["image_id"])
 
     boxes = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)
-    n = len(boxes)
-    keep = np.arange(n)
-    N = spec.max_instances
-    if n > N:
-        if not _warned["max_instances"]:
-            log.warning(
-                "image %s has %d instances, more than data.max_instances=%d: keeping the %d "
-                "largest (warned once per process; raise data.max_instances to keep all)",
-                int(rec["image_id"]), n, N, N,
-            )
-            _warned["max_instances"] = True
-        areas = np.asarray(rec["areas"], np.float32)
-        keep = np.sort(np.argsort(-areas, kind="stable")[:N])
+    keep = _largest(np.asarray(rec["areas"], np.float32), spec.max_instances, rec, "")
     m = len(keep)
     if m == 0:
         return
@@ -687,17 +691,7 @@ def _fill_cropped(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], slot:
         visible.append(seen)
         cuts.append(cut)
         kept.append(int(k))
-    n, N = len(kept), spec.max_instances
-    order = np.arange(n)
-    if n > N:
-        if not _warned["max_instances"]:
-            log.warning(
-                "image %s has %d instances in its training crop, more than data.max_instances=%d: "
-                "keeping the %d largest (warned once per process; raise data.max_instances to keep all)",
-                int(rec["image_id"]), n, N, N,
-            )
-            _warned["max_instances"] = True
-        order = np.sort(np.argsort(-np.asarray(visible, np.float64), kind="stable")[:N])
+    order = _largest(np.asarray(visible, np.float64), spec.max_instances, rec, " in its training crop")
     m = len(order)
     if m == 0:
         return
